@@ -1,0 +1,243 @@
+"""``search_agent``: verl agent loop that interleaves generation with retrieval.
+
+The policy generates until it closes a query tag (the dialect's stop string). The text between the last
+open tag and that close tag is the query; the retriever's passages are appended as a result block whose
+tokens get ``response_mask`` 0 and log-prob 0; generation continues until EOS, the response budget, or a
+stop that is not a query. Sampled token ids and log-probs are kept exactly as the server returned them;
+only result blocks are tokenised here.
+
+Settings come, later ones winning, from: the defaults below, a top-level ``search_agent`` block of the
+trainer config, keyword arguments of an ``agent_loop_config_path`` entry, and a row's
+``extra_info["search"]`` dict (plus ``extra_info["dialect"]``, as ``research-plugin prepare`` writes it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Optional
+from uuid import uuid4
+
+from omegaconf import DictConfig, OmegaConf
+from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput, register
+from verl.utils.rollout_trace import rollout_trace_op
+
+from .dialects import Dialect, extract_query, format_passages, get_dialect, result_block, stopped_at_query
+from .retrieval import SearchResult, get_retriever
+
+logger = logging.getLogger(__name__)
+logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
+
+
+@dataclass(frozen=True)
+class SearchAgentConfig:
+    dialect: str = "research"
+    top_k: int = 5
+    max_searches: int = 8
+    """Searches answered with passages per trajectory; later queries get a notice instead."""
+    max_result_tokens: int = 512
+    """Passage text per result block is cut to this many tokens."""
+    max_query_chars: int = 512
+    search_timeout: float = 60.0
+    """Seconds one search may take before it is recorded as failed."""
+    retriever: Any = "demo"
+    """A retriever spec: ``"demo"``, a ``http(s)://.../retrieve`` URL, or a mapping (see ``research_plugin.retrieval``)."""
+    prompt_format: str = "auto"
+    """``chat`` (apply the chat template), ``raw`` (concatenate message texts, for base-model templates) or ``auto``."""
+
+    @classmethod
+    def merged(cls, *sources: Optional[Mapping]) -> "SearchAgentConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for src in sources:
+            if not src:
+                continue
+            if isinstance(src, DictConfig):
+                src = OmegaConf.to_container(src, resolve=True)
+            unknown = set(src) - names
+            if unknown:
+                raise ValueError(f"unknown search_agent settings {sorted(unknown)}; known: {sorted(names)}")
+            values.update(src)
+        cfg = cls(**values)
+        get_dialect(cfg.dialect)  # validates
+        if cfg.top_k <= 0 or cfg.max_searches < 0 or cfg.max_result_tokens <= 0 or cfg.max_query_chars <= 0:
+            raise ValueError(f"search_agent settings out of range: {cfg}")
+        if cfg.prompt_format not in ("auto", "chat", "raw"):
+            raise ValueError(f"prompt_format must be auto, chat or raw, not {cfg.prompt_format!r}")
+        return cfg
+
+
+@dataclass
+class _Trajectory:
+    response_ids: list[int] = field(default_factory=list)
+    response_mask: list[int] = field(default_factory=list)
+    response_logprobs: list[float] = field(default_factory=list)
+    extra_fields: dict[str, Any] = field(default_factory=dict)
+    generations: int = 0
+    results: int = 0
+    num_searches: int = 0
+    num_failed_searches: int = 0
+    num_invalid_queries: int = 0
+    retrieved_tokens: int = 0
+    generate_s: float = 0.0
+    retrieval_s: float = 0.0
+    num_preempted: int = -1
+
+    def append(self, ids: list[int], mask: int, logprobs: Optional[list[float]]) -> None:
+        self.response_ids += ids
+        self.response_mask += [mask] * len(ids)
+        if logprobs is None or len(logprobs) != len(ids):
+            logprobs = [0.0] * len(ids)
+        self.response_logprobs += [float(x) for x in logprobs]
+
+
+def _to_dict(x: Any) -> dict:
+    if x is None:
+        return {}
+    if isinstance(x, DictConfig):
+        return OmegaConf.to_container(x, resolve=True)
+    return dict(x) if isinstance(x, Mapping) else {}
+
+
+@register("search_agent")
+class SearchAgentLoop(AgentLoopBase):
+    """Generate, search, append results (masked), repeat. See the module docstring."""
+
+    def __init__(self, *args, **kwargs):
+        known = {f.name for f in dataclasses.fields(SearchAgentConfig)}
+        self._loop_settings = {k: kwargs.pop(k) for k in list(kwargs) if k in known}
+        super().__init__(*args, **kwargs)
+        self.response_length = self.rollout_config.response_length
+        self._trainer_settings = _to_dict(self.config.get("search_agent"))
+
+    def _config_for(self, extra_info: Mapping) -> SearchAgentConfig:
+        row = dict(_to_dict(extra_info.get("search")))
+        if extra_info.get("dialect") and "dialect" not in row:
+            row["dialect"] = extra_info["dialect"]
+        return SearchAgentConfig.merged(self._trainer_settings, self._loop_settings, row)
+
+    async def _prompt_ids(self, raw_prompt: Any, cfg: SearchAgentConfig, extra_info: Mapping) -> list[int]:
+        if isinstance(raw_prompt, str):
+            messages = [{"role": "user", "content": raw_prompt}]
+        else:
+            messages = [dict(m) for m in raw_prompt]
+        fmt = cfg.prompt_format
+        if fmt == "auto":
+            base = extra_info.get("template") == "base" or not getattr(self.tokenizer, "chat_template", None)
+            fmt = "raw" if base else "chat"
+        if fmt == "chat":
+            return await self.ct_build_initial_tokens(messages)
+        text = "\n".join(str(m.get("content", "")) for m in messages)
+        ids = await self.loop.run_in_executor(None, lambda: self.tokenizer.encode(text))
+        return self._cap_text_prompt_length(list(ids))
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    async def _retrieve(self, query: str, cfg: SearchAgentConfig, traj: _Trajectory) -> SearchResult:
+        """One search, bounded in time; any failure becomes an error result, never an exception."""
+        start = time.perf_counter()
+        try:
+            retriever = await asyncio.to_thread(get_retriever, cfg.retriever)
+            (result,) = await asyncio.wait_for(retriever.search([query], cfg.top_k), cfg.search_timeout)
+        except asyncio.TimeoutError:
+            result = SearchResult([], error=f"timed out after {cfg.search_timeout:g}s")
+        except Exception as e:  # the step goes on; the failure is recorded in the trajectory
+            result = SearchResult([], error=f"{type(e).__name__}: {e}"[:200])
+        traj.retrieval_s += time.perf_counter() - start
+        return result
+
+    async def _result_text(self, segment: str, dialect: Dialect, cfg: SearchAgentConfig, traj: _Trajectory) -> str:
+        """The body of the result block that answers the query closing ``segment``."""
+        query = extract_query(segment, dialect)
+        if not query:
+            traj.num_invalid_queries += 1
+            return f"No query found. Write a query as {dialect.query_open} query {dialect.query_close}."
+        if traj.num_searches >= cfg.max_searches:
+            return f"Search limit of {cfg.max_searches} reached. Answer with what you know."
+        traj.num_searches += 1
+        result = await self._retrieve(query[: cfg.max_query_chars], cfg, traj)
+        if result.error is not None:
+            traj.num_failed_searches += 1
+            logger.warning("search failed for query %r: %s", query[:80], result.error)
+            return "Search failed. Try again or answer with what you know."
+        if not result.passages:
+            return "No results."
+        body = format_passages(result.passages)
+        ids = self._encode(body)
+        if len(ids) > cfg.max_result_tokens:
+            body = self._decode(ids[: cfg.max_result_tokens]) + " ..."
+        return body
+
+    @rollout_trace_op
+    async def run(self, sampling_params: dict[str, Any], priority: int = 0, **kwargs) -> AgentLoopOutput:
+        extra_info = _to_dict(kwargs.get("extra_info"))
+        cfg = self._config_for(extra_info)
+        dialect = get_dialect(cfg.dialect)
+        prompt_ids = await self._prompt_ids(kwargs["raw_prompt"], cfg, extra_info)
+        request_id = (
+            f"det-{int(priority)}" if getattr(self.rollout_config, "full_determinism", False) else uuid4().hex
+        )
+        stop_ids = self._encode(dialect.stop)
+        traj = _Trajectory()
+
+        while (budget := self.response_length - len(traj.response_ids)) > 0:
+            params = {**sampling_params, "max_tokens": budget, "stop": [dialect.stop], "include_stop_str_in_output": True}
+            if len(stop_ids) == 1:  # engines without stop strings (SGLang) still stop on a one-token close tag
+                params["stop_token_ids"] = sorted(set(params.get("stop_token_ids") or []) | set(stop_ids))
+            start = time.perf_counter()
+            out = await self.server_manager.generate(
+                request_id=request_id, prompt_ids=prompt_ids + traj.response_ids, sampling_params=params
+            )
+            traj.generate_s += time.perf_counter() - start
+            traj.generations += 1
+            if out.num_preempted is not None:
+                traj.num_preempted = max(traj.num_preempted, 0) + out.num_preempted
+            for key, value in out.extra_fields.items():  # global_steps bookkeeping of the rollout server
+                if key == "min_global_steps" and key in traj.extra_fields:
+                    continue
+                traj.extra_fields[key] = value
+            tokens = list(out.token_ids)[:budget]
+            traj.append(tokens, 1, list(out.log_probs)[: len(tokens)] if out.log_probs else None)
+            if not tokens or out.stop_reason == "aborted" or len(traj.response_ids) >= self.response_length:
+                break
+            segment = self._decode(tokens)
+            if not stopped_at_query(segment, dialect):
+                break  # EOS or another stop: the trajectory is finished
+            body = await self._result_text(segment, dialect, cfg, traj)
+            result_ids = self._encode(result_block(body, dialect))
+            result_ids = result_ids[: self.response_length - len(traj.response_ids)]
+            traj.append(result_ids, 0, None)
+            traj.results += 1
+            traj.retrieved_tokens += len(result_ids)
+
+        traj.extra_fields.update(
+            num_searches=traj.num_searches,
+            num_failed_searches=traj.num_failed_searches,
+            num_invalid_queries=traj.num_invalid_queries,
+            retrieved_tokens=traj.retrieved_tokens,
+            retrieval_s=traj.retrieval_s,
+            dialect=dialect.name,
+            turn_scores=[],
+            tool_rewards=[],
+        )
+        want_logprobs = bool(sampling_params.get("logprobs"))
+        return AgentLoopOutput(
+            prompt_ids=prompt_ids,
+            response_ids=traj.response_ids,
+            response_mask=traj.response_mask,
+            response_logprobs=traj.response_logprobs if want_logprobs else None,
+            num_turns=1 + traj.generations + traj.results,
+            metrics=AgentLoopMetrics(
+                generate_sequences=traj.generate_s, tool_calls=traj.retrieval_s, num_preempted=traj.num_preempted
+            ),
+            extra_fields=traj.extra_fields,
+        )

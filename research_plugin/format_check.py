@@ -1,0 +1,104 @@
+"""Per-dialect format check of a whole decoded response, result blocks included.
+
+A response is well formed when, scanning its tags left to right:
+
+* every query open tag is closed before any other tag, and each closed query is followed, with only
+  whitespace between, by a result block; a result block needs such a query in front of it;
+* result blocks are opaque: whatever the retrieved text contains is skipped up to the result close tag;
+* think tags are optional but balanced and not nested (queries may sit inside a think block);
+* there is exactly one answer block, outside any think block, with no tag inside it, and nothing but
+  whitespace after it; for boxed dialects it holds a ``\\boxed{...}`` with balanced braces.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Optional
+
+from .dialects import Dialect, extract_boxed, get_dialect
+
+
+@dataclass(frozen=True)
+class FormatReport:
+    ok: bool
+    reason: Optional[str]
+    """Why the format is wrong; None when ``ok``."""
+    num_queries: int
+    """Queries closed before the scan stopped (all of them when ``ok``)."""
+
+
+@lru_cache(maxsize=None)
+def _tag_pattern(d: Dialect) -> re.Pattern[str]:
+    tags = {d.query_open, d.query_close, d.result_open, d.result_close, d.answer_open, d.answer_close}
+    tags |= {d.think_open, d.think_close}
+    tags.discard("")
+    return re.compile("|".join(re.escape(t) for t in sorted(tags, key=len, reverse=True)))
+
+
+def check_format(text: str, dialect: str | Dialect) -> FormatReport:
+    """Check ``text`` against the dialect's format; never raises on any string."""
+    d = get_dialect(dialect)
+    tags = _tag_pattern(d)
+    num_queries = 0
+
+    def bad(reason: str) -> FormatReport:
+        return FormatReport(False, reason, num_queries)
+
+    in_think = False
+    awaiting_result: Optional[int] = None  # end of the last query, until its result block starts
+    pos = 0
+    while (m := tags.search(text, pos)) is not None:
+        tag, pos = m.group(), m.end()
+        if awaiting_result is not None and (tag != d.result_open or text[awaiting_result : m.start()].strip()):
+            return bad("query not followed by its result block")
+        if tag == d.result_open:
+            if awaiting_result is None:
+                return bad("result block without a query before it")
+            close = text.find(d.result_close, pos)
+            if close < 0:
+                return bad("unclosed result block")
+            awaiting_result, pos = None, close + len(d.result_close)
+        elif tag == d.query_open:
+            nxt = tags.search(text, pos)
+            if nxt is None or nxt.group() != d.query_close:
+                return bad("unclosed or nested query")
+            num_queries += 1
+            awaiting_result = pos = nxt.end()
+        elif tag == d.think_open:
+            if in_think:
+                return bad("nested think block")
+            in_think = True
+        elif tag == d.think_close:
+            if not in_think:
+                return bad(f"stray {tag}")
+            in_think = False
+        elif tag == d.answer_open:
+            return _check_answer(text, pos, d, in_think, num_queries)
+        else:
+            return bad(f"stray {tag}")
+    if awaiting_result is not None:
+        return bad("query not followed by its result block")
+    if in_think:
+        return bad("unclosed think block")
+    return bad("no answer block")
+
+
+def _check_answer(text: str, start: int, d: Dialect, in_think: bool, num_queries: int) -> FormatReport:
+    """The rest of the check once the answer open tag, ending at ``start``, has been read."""
+
+    def bad(reason: str) -> FormatReport:
+        return FormatReport(False, reason, num_queries)
+
+    if in_think:
+        return bad("answer inside a think block")
+    nxt = _tag_pattern(d).search(text, start)
+    if nxt is None or nxt.group() != d.answer_close:
+        return bad("unclosed answer block or tag inside it")
+    rest = text[nxt.end() :]
+    if rest.strip():
+        return bad("more than one answer block" if d.answer_open in rest else "text after the answer block")
+    if d.boxed and extract_boxed(text[start : nxt.start()]) is None:
+        return bad("no \\boxed{} in the answer")
+    return FormatReport(True, None, num_queries)

@@ -1,0 +1,93 @@
+"""Retrieval backends for the search tool, built from small specs.
+
+Specs: ``{"type": "bm25", "corpus": "demo" | path, "index_dir": ...}``, ``{"type": "http", "url": ..., ...}``; the
+string ``"demo"`` is bm25 over the bundled corpus and an ``http(s)://`` string is an HTTP client for that endpoint.
+A new backend is one entry in :data:`RETRIEVER_TYPES` (the other spec keys become its keyword arguments).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .base import Passage, Retriever, SearchResult, iter_corpus
+from .bm25 import BM25Retriever
+from .http_client import HTTPRetriever
+
+__all__ = [
+    "RETRIEVER_TYPES",
+    "BM25Retriever",
+    "HTTPRetriever",
+    "Passage",
+    "Retriever",
+    "SearchResult",
+    "build_retriever",
+    "get_retriever",
+    "iter_corpus",
+]
+
+RetrieverSpec = Mapping[str, Any] | str
+
+RETRIEVER_TYPES: dict[str, Callable[..., Retriever]] = {
+    "bm25": BM25Retriever,
+    "http": HTTPRetriever,
+}
+
+_cache: dict[Hashable, Retriever] = {}
+_cache_lock = threading.Lock()
+
+
+def _normalise(spec: RetrieverSpec) -> dict[str, Any]:
+    if isinstance(spec, str):
+        if spec == "demo":
+            return {"type": "bm25", "corpus": "demo"}
+        if spec.startswith(("http://", "https://")):
+            return {"type": "http", "url": spec}
+        raise ValueError(f"retriever spec string must be 'demo' or an http(s):// url, got {spec!r}")
+    if not isinstance(spec, Mapping):
+        raise TypeError(f"retriever spec must be a mapping or a string, got {type(spec).__name__}")
+    options: dict[str, Any] = _plain(spec)
+    return options
+
+
+def _plain(value: Any) -> Any:
+    """Nested mappings / sequences (config objects included) as dicts / lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def build_retriever(spec: RetrieverSpec) -> Retriever:
+    """A new retriever for ``spec``; an unknown ``type`` raises ``ValueError`` naming the known ones."""
+    options = _normalise(spec)
+    kind = options.pop("type", None)
+    factory = RETRIEVER_TYPES.get(kind) if isinstance(kind, str) else None
+    if factory is None:
+        raise ValueError(f"unknown retriever type {kind!r}; known types: {', '.join(sorted(RETRIEVER_TYPES))}")
+    return factory(**options)
+
+
+def _freeze(value: Any) -> Hashable:
+    """A hashable key for a :func:`_plain` value, insensitive to mapping order."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def get_retriever(spec: RetrieverSpec) -> Retriever:
+    """The process-wide retriever for ``spec``, built on first use (equal specs share one instance)."""
+    options = _normalise(spec)
+    key = _freeze(options)
+    with _cache_lock:
+        retriever = _cache.get(key)
+        if retriever is None:
+            retriever = _cache[key] = build_retriever(options)
+        return retriever

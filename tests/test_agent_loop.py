@@ -1,0 +1,201 @@
+"""The search agent loop driven by verl's real AgentLoopWorker and RewardLoopWorker, in-process.
+
+The LLM server is the one piece that cannot run here (vLLM); ``HFServer`` stands in for it with a real
+tiny Qwen2 model and vLLM's ``generate`` semantics. Retrieval is real BM25 over a corpus we wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from research_plugin.dialects import DIALECTS, result_block
+
+from research_plugin import demo
+from research_plugin.demo import run_agent_loop, trainer_config
+from research_plugin.hf_generation import HFGenerationServer
+
+RESPONSE_LENGTH = 384
+
+
+class HFServer(HFGenerationServer):
+    """The tiny model, with scripted text where a script gives one (scored by the model, not sampled)."""
+
+    def __init__(self, model, tokenizer, script=None):
+        super().__init__(model, tokenizer)
+        self.script = script
+
+    def propose(self, prompt_ids, max_tokens, params):
+        scripted = self.script(self.tokenizer.decode(prompt_ids)) if self.script else None
+        if scripted is None:
+            return super().propose(prompt_ids, max_tokens, params)
+        return self.tokenizer.encode(scripted, add_special_tokens=False), None  # log-probs: scored by the model
+
+
+def response_so_far(prompt_text: str) -> str:
+    """What follows the assistant header: the system prompt also mentions the tags, so skip it."""
+    return prompt_text.rsplit("<|im_start|>assistant\n", 1)[-1]
+
+
+def two_hop_script(prompt_text: str):
+    """Search twice, then answer; the decision depends only on how many results came back so far."""
+    n_results = response_so_far(prompt_text).count("<result>")
+    if n_results == 0:
+        return "<think> I need the founder first. </think> <search> who founded the Orvell Glassworks </search>"
+    if n_results == 1:
+        return "<think> Now where was she born? </think> <search>Ilsa Marrow born</search>"
+    return "<think> Done. </think> <answer> The answer is \\boxed{Keddle} </answer><|im_end|>"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_config(verl_config, tiny_model_dir, retriever_overrides, response_length=RESPONSE_LENGTH, extra=()):
+    return trainer_config(
+        tiny_model_dir,
+        response_length=response_length,
+        overrides=["+search_agent.top_k=2", *retriever_overrides, *extra],
+    )
+
+
+def make_batch(questions_answers, dialect="research"):
+    return demo.make_batch([{"question": q, "golden_answers": [a]} for q, a in questions_answers], dialect)
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def bm25(mini_corpus):
+    return ["+search_agent.retriever.type=bm25", f"+search_agent.retriever.corpus={mini_corpus}"]
+
+
+def test_two_searches_masks_exactly_the_results(verl_config, tiny_model_dir, mini_corpus, model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    config = make_config(verl_config, tiny_model_dir, bm25(mini_corpus))
+    server = HFServer(model, tok, script=two_hop_script)
+    out = run_agent_loop(config, server, make_batch([("Where was the founder of the Orvell Glassworks born?", "Keddle")]))
+
+    responses, mask = out.batch["responses"][0], out.batch["response_mask"][0]
+    attn = out.batch["attention_mask"][0, -RESPONSE_LENGTH:]
+    valid = attn.bool()
+    ids = responses[valid].tolist()
+    m = mask[valid].tolist()
+    masked_text = tok.decode([t for t, k in zip(ids, m) if k == 0])
+    policy_text = tok.decode([t for t, k in zip(ids, m) if k == 1], skip_special_tokens=True)
+
+    # the masked tokens are exactly the two result blocks, and they hold the retrieved passages
+    blocks = re.findall(r"<result>.*?</result>", masked_text, flags=re.S)
+    assert len(blocks) == 2 and masked_text.count("<result>") == 2
+    assert "Ilsa Marrow" in blocks[0] and "Keddle" in blocks[1]
+    assert "<result>" not in policy_text and "Doc 1" not in policy_text
+    assert policy_text.count("<search>") == 2 and "\\boxed{Keddle}" in policy_text
+    # mask is 0 on padding and results only; every masked token inside the response is a result token
+    assert mask[~valid].sum() == 0
+    # log-probs: the model's own on policy tokens, 0 on result tokens
+    logprobs = out.batch["rollout_log_probs"][0][valid]
+    assert torch.all(logprobs[torch.tensor(m) == 0] == 0)
+    assert torch.all(logprobs[torch.tensor(m) == 1] < 0)
+    # every generate call stopped on the close tag or EOS, with the remaining budget as max_tokens
+    assert [c["params"]["stop"] for c in server.calls] == [["</search>"]] * 3
+    assert all(c["params"]["include_stop_str_in_output"] for c in server.calls)
+    budgets = [c["params"]["max_tokens"] for c in server.calls]
+    assert budgets[0] == RESPONSE_LENGTH and budgets[0] > budgets[1] > budgets[2]
+    # the retriever statistics reach the reward, and the reward parts come back in the batch
+    nt = out.non_tensor_batch
+    assert nt["num_searches"][0] == 2 and nt["num_failed_searches"][0] == 0
+    assert nt["retrieved_tokens"][0] == sum(1 for k in m if k == 0)
+    assert nt["score"][0] == pytest.approx(1.0) and nt["f1"][0] == pytest.approx(1.0)
+    assert nt["format"][0] == 1.0
+    assert out.batch["rm_scores"][0].sum().item() == pytest.approx(1.0)
+
+
+def test_retriever_down_gives_finished_trajectory_with_error(verl_config, tiny_model_dir, model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    url = f"http://127.0.0.1:{free_port()}/retrieve"  # nothing listens there
+    config = make_config(
+        verl_config,
+        tiny_model_dir,
+        ["+search_agent.retriever.type=http", f"+search_agent.retriever.url={url}",
+         "+search_agent.retriever.max_retries=1", "+search_agent.retriever.backoff=0.01"],
+    )
+    server = HFServer(model, tok, script=two_hop_script)
+    out = run_agent_loop(config, server, make_batch([("Where was the founder of the Orvell Glassworks born?", "Keddle")]))
+    nt = out.non_tensor_batch
+    assert nt["num_searches"][0] == 2 and nt["num_failed_searches"][0] == 2
+    text = tok.decode(out.batch["responses"][0][out.batch["attention_mask"][0, -RESPONSE_LENGTH:].bool()])
+    assert text.count("Search failed") == 2
+    assert "\\boxed{Keddle}" in text  # the trajectory went on to its answer
+    assert nt["score"][0] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("dialect", sorted(DIALECTS))
+def test_malformed_and_limits(verl_config, tiny_model_dir, mini_corpus, model_and_tokenizer, dialect):
+    """Close tag without open, empty query, the policy's own result text, junk, search limit, budget."""
+    model, tok = model_and_tokenizer
+    d = DIALECTS[dialect]
+    steps = [
+        f"junk \u202e\x00 {d.query_close}",  # close without open
+        f"{d.query_open}   {d.query_close}",  # empty query
+        f"{d.result_open} my own result {d.result_close} {d.query_open} Tamsk city {d.query_close}",
+        f"{d.query_open} Quessa River length {d.query_close}",  # over the limit of 1 search
+    ]
+
+    def script(prompt_text):
+        text = response_so_far(prompt_text)
+        k = text.count(d.result_open) - text.count(f"{d.result_open} my own")
+        return steps[k] if k < len(steps) else f"{d.answer_open} \\boxed{{412}} {d.answer_close}<|im_end|>"
+
+    length = 1024  # the tiny tokenizer spends many tokens on r1_searcher's long tags
+    config = make_config(
+        verl_config, tiny_model_dir, bm25(mini_corpus), length, extra=["+search_agent.max_searches=1"]
+    )
+    out = run_agent_loop(config, HFServer(model, tok, script=script), make_batch([("How long is it?", "412")], dialect))
+    valid = out.batch["attention_mask"][0, -length:].bool()
+    ids, mask = out.batch["responses"][0][valid].tolist(), out.batch["response_mask"][0][valid].tolist()
+    masked = tok.decode([t for t, k in zip(ids, mask) if k == 0])
+    policy = tok.decode([t for t, k in zip(ids, mask) if k == 1])
+    assert masked.count("No query found") == 2
+    assert masked.count("Search limit of 1 reached") == 1
+    assert "Tamsk" in masked
+    assert "my own result" in policy  # text the policy wrote stays policy text
+    nt = out.non_tensor_batch
+    assert nt["num_searches"][0] == 1 and nt["num_invalid_queries"][0] == 2
+
+
+def test_budget_truncates_cleanly_and_sampled_junk_never_raises(
+    verl_config, tiny_model_dir, mini_corpus, model_and_tokenizer
+):
+    model, tok = model_and_tokenizer
+    first = tok.encode(two_hop_script(""), add_special_tokens=False)
+    length = len(first) + 5  # the first result block starts but does not fit
+    config = make_config(verl_config, tiny_model_dir, bm25(mini_corpus), response_length=length)
+    # scripted: the second result block does not fit and is cut at the budget
+    out = run_agent_loop(config, HFServer(model, tok, script=two_hop_script), make_batch([("Where?", "Keddle")]))
+    assert int(out.batch["attention_mask"][0, -length:].sum()) == length
+    assert out.batch["response_mask"][0, -1] == 0  # ended inside a result block
+    # unscripted: a random model writes junk until the budget; nothing raises, lengths stay in bounds
+    out = run_agent_loop(config, HFServer(model, tok), make_batch([("Where?", "Keddle"), ("What?", "Lune")]))
+    assert out.batch["responses"].shape == (2, length)
+    assert np.all(out.non_tensor_batch["score"] >= 0)
+
+
+def test_result_block_tokens_match_dialect(tiny_model_dir):
+    """Result blocks are tokenised from the dialect's own result_block text (decode round-trips)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for d in DIALECTS.values():
+        text = result_block("Doc 1 (Title: A) b", d)
+        assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
