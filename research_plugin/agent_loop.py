@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 from uuid import uuid4
 
 from omegaconf import DictConfig, OmegaConf
@@ -46,12 +46,12 @@ class SearchAgentConfig:
     search_timeout: float = 60.0
     """Seconds one search may take before it is recorded as failed."""
     retriever: Any = "demo"
-    """A retriever spec: ``"demo"``, a ``http(s)://.../retrieve`` URL, or a mapping (see ``research_plugin.retrieval``)."""
+    """A retriever spec: ``"demo"``, an ``http(s)://.../retrieve`` URL, or a mapping (``research_plugin.retrieval``)."""
     prompt_format: str = "auto"
     """``chat`` (apply the chat template), ``raw`` (concatenate message texts, for base-model templates) or ``auto``."""
 
     @classmethod
-    def merged(cls, *sources: Optional[Mapping]) -> "SearchAgentConfig":
+    def merged(cls, *sources: Mapping | None) -> SearchAgentConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         for src in sources:
@@ -88,7 +88,7 @@ class _Trajectory:
     retrieval_s: float = 0.0
     num_preempted: int = -1
 
-    def append(self, ids: list[int], mask: int, logprobs: Optional[list[float]]) -> None:
+    def append(self, ids: list[int], mask: int, logprobs: list[float] | None) -> None:
         self.response_ids += ids
         self.response_mask += [mask] * len(ids)
         if logprobs is None or len(logprobs) != len(ids):
@@ -183,14 +183,17 @@ class SearchAgentLoop(AgentLoopBase):
         cfg = self._config_for(extra_info)
         dialect = get_dialect(cfg.dialect)
         prompt_ids = await self._prompt_ids(kwargs["raw_prompt"], cfg, extra_info)
-        request_id = (
-            f"det-{int(priority)}" if getattr(self.rollout_config, "full_determinism", False) else uuid4().hex
-        )
+        request_id = f"det-{int(priority)}" if getattr(self.rollout_config, "full_determinism", False) else uuid4().hex
         stop_ids = self._encode(dialect.stop)
         traj = _Trajectory()
 
         while (budget := self.response_length - len(traj.response_ids)) > 0:
-            params = {**sampling_params, "max_tokens": budget, "stop": [dialect.stop], "include_stop_str_in_output": True}
+            params = {
+                **sampling_params,
+                "max_tokens": budget,
+                "stop": [dialect.stop],
+                "include_stop_str_in_output": True,
+            }
             if len(stop_ids) == 1:  # engines without stop strings (SGLang) still stop on a one-token close tag
                 params["stop_token_ids"] = sorted(set(params.get("stop_token_ids") or []) | set(stop_ids))
             start = time.perf_counter()

@@ -14,7 +14,7 @@ import re
 import string
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +51,7 @@ def as_gold_list(golds: Any) -> list[str]:
     return [str(golds)]
 
 
-def exact_match(pred: Optional[str], golds: Any, punct: str = "remove") -> float:
+def exact_match(pred: str | None, golds: Any, punct: str = "remove") -> float:
     """1.0 if the normalised prediction equals some normalised gold answer."""
     if pred is None:
         return 0.0
@@ -71,7 +71,7 @@ def _prf(p: str, g: str) -> tuple[float, float, float]:
     return precision, recall, 2 * precision * recall / (precision + recall)
 
 
-def precision_recall_f1(pred: Optional[str], golds: Any, punct: str = "remove") -> tuple[float, float, float]:
+def precision_recall_f1(pred: str | None, golds: Any, punct: str = "remove") -> tuple[float, float, float]:
     """(precision, recall, F1) against the gold answer with the highest F1."""
     if pred is None:
         return 0.0, 0.0, 0.0
@@ -80,12 +80,12 @@ def precision_recall_f1(pred: Optional[str], golds: Any, punct: str = "remove") 
     return max(scores, key=lambda s: s[2], default=(0.0, 0.0, 0.0))
 
 
-def f1_score(pred: Optional[str], golds: Any, punct: str = "remove") -> float:
+def f1_score(pred: str | None, golds: Any, punct: str = "remove") -> float:
     """Token F1, the maximum over gold answers."""
     return precision_recall_f1(pred, golds, punct)[2]
 
 
-def cover_exact_match(pred: Optional[str], golds: Any, punct: str = "remove") -> float:
+def cover_exact_match(pred: str | None, golds: Any, punct: str = "remove") -> float:
     """1.0 if some normalised gold string occurs in the normalised prediction on token boundaries.
 
     That is, the gold's tokens appear contiguously and in order among the prediction's tokens

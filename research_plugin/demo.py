@@ -12,7 +12,6 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -57,7 +56,7 @@ def trainer_config(model_dir: Path, *, response_length: int, scheme: str = "rese
         )
 
 
-def load_questions(n: int, path: Optional[Path] = None) -> list[dict]:
+def load_questions(n: int, path: Path | None = None) -> list[dict]:
     rows = [json.loads(line) for line in (path or demo_questions_path()).open(encoding="utf-8") if line.strip()]
     return rows[:n]
 
@@ -98,7 +97,7 @@ def run_agent_loop(config, server, batch):
 
 def run_demo(
     n: int = 4,
-    model: Optional[str] = None,
+    model: str | None = None,
     dialect: str = "research",
     scheme: str = "research",
     response_length: int = 256,

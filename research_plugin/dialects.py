@@ -6,8 +6,9 @@ agent loop, the format check and the rewards all agree on what a dialect means.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Optional, Protocol
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def stopped_at_query(text: str, dialect: Dialect) -> bool:
     return len(tail) <= 8 and not any(c.isalnum() for c in tail)
 
 
-def extract_query(text: str, dialect: Dialect) -> Optional[str]:
+def extract_query(text: str, dialect: Dialect) -> str | None:
     """The query between the last open tag and the close tag that ended ``text``.
 
     Returns None when there is no close tag or no open tag before it; the caller decides what an
@@ -102,7 +103,7 @@ def result_block(body: str, dialect: Dialect) -> str:
     return f"\n\n{dialect.result_open}\n{body.strip()}\n{dialect.result_close}\n\n"
 
 
-def _last_block(text: str, open_tag: str, close_tag: str) -> Optional[str]:
+def _last_block(text: str, open_tag: str, close_tag: str) -> str | None:
     close = text.rfind(close_tag)
     if close < 0:
         return None
@@ -112,7 +113,7 @@ def _last_block(text: str, open_tag: str, close_tag: str) -> Optional[str]:
     return text[open_ + len(open_tag) : close]
 
 
-def extract_boxed(text: str) -> Optional[str]:
+def extract_boxed(text: str) -> str | None:
     """Content of the last ``\\boxed{...}`` in ``text``, with nested braces balanced; None if absent/unclosed."""
     start = text.rfind("\\boxed{")
     while start >= 0:
@@ -131,7 +132,7 @@ def extract_boxed(text: str) -> Optional[str]:
     return None
 
 
-def extract_answer(text: str, dialect: Dialect) -> Optional[str]:
+def extract_answer(text: str, dialect: Dialect) -> str | None:
     """The final answer: ``\\boxed{}`` inside the last answer block for boxed dialects, else that block's text."""
     block = _last_block(text, dialect.answer_open, dialect.answer_close)
     if block is None:

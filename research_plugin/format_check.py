@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Optional
+from functools import cache
 
 from .dialects import Dialect, extract_boxed, get_dialect
 
@@ -23,13 +22,13 @@ from .dialects import Dialect, extract_boxed, get_dialect
 @dataclass(frozen=True)
 class FormatReport:
     ok: bool
-    reason: Optional[str]
+    reason: str | None
     """Why the format is wrong; None when ``ok``."""
     num_queries: int
     """Queries closed before the scan stopped (all of them when ``ok``)."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tag_pattern(d: Dialect) -> re.Pattern[str]:
     tags = {d.query_open, d.query_close, d.result_open, d.result_close, d.answer_open, d.answer_close}
     tags |= {d.think_open, d.think_close}
@@ -47,7 +46,7 @@ def check_format(text: str, dialect: str | Dialect) -> FormatReport:
         return FormatReport(False, reason, num_queries)
 
     in_think = False
-    awaiting_result: Optional[int] = None  # end of the last query, until its result block starts
+    awaiting_result: int | None = None  # end of the last query, until its result block starts
     pos = 0
     while (m := tags.search(text, pos)) is not None:
         tag, pos = m.group(), m.end()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Optional
 
 import torch
 from verl.workers.rollout.replica import TokenOutput
@@ -58,12 +57,10 @@ class HFGenerationServer:
                 logprobs.append(float(torch.log_softmax(logits, -1)[nxt]))
                 if nxt == self.tokenizer.eos_token_id or self._stop_index(out, params) is not None:
                     break
-                step = self.model(
-                    torch.tensor([[nxt]]), past_key_values=step.past_key_values, use_cache=True
-                )
+                step = self.model(torch.tensor([[nxt]]), past_key_values=step.past_key_values, use_cache=True)
         return out, logprobs
 
-    def _stop_index(self, ids: list[int], params: dict) -> Optional[int]:
+    def _stop_index(self, ids: list[int], params: dict) -> int | None:
         """Number of tokens to keep when a stop string occurs in the decoded ``ids``."""
         text = self.tokenizer.decode(ids, skip_special_tokens=False)
         for stop in params.get("stop") or []:
@@ -75,7 +72,7 @@ class HFGenerationServer:
                         return n
         return None
 
-    def propose(self, prompt_ids: list[int], max_tokens: int, params: dict) -> tuple[list[int], Optional[list[float]]]:
+    def propose(self, prompt_ids: list[int], max_tokens: int, params: dict) -> tuple[list[int], list[float] | None]:
         """The continuation's token ids (and their log-probs, when known) before stop handling."""
         return self._sample(prompt_ids, max_tokens, params)
 

@@ -7,8 +7,9 @@ registering it in :data:`SCHEMES` with its natural dialect and answer normalisat
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 from .answer_metrics import as_gold_list, cover_exact_match, exact_match, f1_score
 from .dialects import Dialect, extract_answer, get_dialect, strip_results
@@ -75,7 +76,7 @@ SCHEMES: dict[str, Scheme] = {
 }
 
 
-def _number(extra_info: dict, key: str) -> Optional[float]:
+def _number(extra_info: dict, key: str) -> float | None:
     """``extra_info[key]`` as a finite float, or None."""
     try:
         x = float(extra_info[key])
@@ -88,12 +89,12 @@ def compute_score(
     data_source: Any,
     solution_str: Any,
     ground_truth: Any,
-    extra_info: Optional[dict] = None,
+    extra_info: dict | None = None,
     scheme: str = "research",
     dialect: str | Dialect | None = None,
     metric: str = "f1",
     format_penalty: float = 2.0,
-    normalization: Optional[str] = None,
+    normalization: str | None = None,
     **_verl_kwargs: Any,
 ) -> dict[str, float]:
     """Score one response for verl; every value of the returned dict is a number.

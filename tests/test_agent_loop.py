@@ -6,7 +6,6 @@ tiny Qwen2 model and vLLM's ``generate`` semantics. Retrieval is real BM25 over 
 
 from __future__ import annotations
 
-import asyncio
 import re
 import socket
 
@@ -14,10 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from research_plugin.dialects import DIALECTS, result_block
-
 from research_plugin import demo
 from research_plugin.demo import run_agent_loop, trainer_config
+from research_plugin.dialects import DIALECTS, result_block
 from research_plugin.hf_generation import HFGenerationServer
 
 RESPONSE_LENGTH = 384
@@ -85,7 +83,9 @@ def test_two_searches_masks_exactly_the_results(verl_config, tiny_model_dir, min
     model, tok = model_and_tokenizer
     config = make_config(verl_config, tiny_model_dir, bm25(mini_corpus))
     server = HFServer(model, tok, script=two_hop_script)
-    out = run_agent_loop(config, server, make_batch([("Where was the founder of the Orvell Glassworks born?", "Keddle")]))
+    out = run_agent_loop(
+        config, server, make_batch([("Where was the founder of the Orvell Glassworks born?", "Keddle")])
+    )
 
     responses, mask = out.batch["responses"][0], out.batch["response_mask"][0]
     attn = out.batch["attention_mask"][0, -RESPONSE_LENGTH:]
@@ -127,11 +127,17 @@ def test_retriever_down_gives_finished_trajectory_with_error(verl_config, tiny_m
     config = make_config(
         verl_config,
         tiny_model_dir,
-        ["+search_agent.retriever.type=http", f"+search_agent.retriever.url={url}",
-         "+search_agent.retriever.max_retries=1", "+search_agent.retriever.backoff=0.01"],
+        [
+            "+search_agent.retriever.type=http",
+            f"+search_agent.retriever.url={url}",
+            "+search_agent.retriever.max_retries=1",
+            "+search_agent.retriever.backoff=0.01",
+        ],
     )
     server = HFServer(model, tok, script=two_hop_script)
-    out = run_agent_loop(config, server, make_batch([("Where was the founder of the Orvell Glassworks born?", "Keddle")]))
+    out = run_agent_loop(
+        config, server, make_batch([("Where was the founder of the Orvell Glassworks born?", "Keddle")])
+    )
     nt = out.non_tensor_batch
     assert nt["num_searches"][0] == 2 and nt["num_failed_searches"][0] == 2
     text = tok.decode(out.batch["responses"][0][out.batch["attention_mask"][0, -RESPONSE_LENGTH:].bool()])
@@ -158,9 +164,7 @@ def test_malformed_and_limits(verl_config, tiny_model_dir, mini_corpus, model_an
         return steps[k] if k < len(steps) else f"{d.answer_open} \\boxed{{412}} {d.answer_close}<|im_end|>"
 
     length = 1024  # the tiny tokenizer spends many tokens on r1_searcher's long tags
-    config = make_config(
-        verl_config, tiny_model_dir, bm25(mini_corpus), length, extra=["+search_agent.max_searches=1"]
-    )
+    config = make_config(verl_config, tiny_model_dir, bm25(mini_corpus), length, extra=["+search_agent.max_searches=1"])
     out = run_agent_loop(config, HFServer(model, tok, script=script), make_batch([("How long is it?", "412")], dialect))
     valid = out.batch["attention_mask"][0, -length:].bool()
     ids, mask = out.batch["responses"][0][valid].tolist(), out.batch["response_mask"][0][valid].tolist()

@@ -105,8 +105,20 @@ def test_prompts(d):
 # --- property-based fuzzing -------------------------------------------------------------------------
 
 _TAGS = sorted(
-    {t for x in DIALECTS.values() for t in (x.query_open, x.query_close, x.result_open, x.result_close,
-                                             x.answer_open, x.answer_close, x.think_open, x.think_close)}
+    {
+        t
+        for x in DIALECTS.values()
+        for t in (
+            x.query_open,
+            x.query_close,
+            x.result_open,
+            x.result_close,
+            x.answer_open,
+            x.answer_close,
+            x.think_open,
+            x.think_close,
+        )
+    }
 )
 _FRAGMENTS = _TAGS + [t[: len(t) // 2] for t in _TAGS] + ["<", ">", "</", "|", "\\boxed{", "{", "}", " ", "\n"]
 adversarial = st.lists(

@@ -27,7 +27,9 @@ def total_loss(actor_cfg, loss_mode, agg_mode, mask, old_lp, lp, ref_lp, adv, en
 def actor_cfg(verl_config, tiny_model_dir):
     from verl.utils.config import omega_conf_to_dataclass
 
-    cfg = verl_config([f"actor_rollout_ref.model.path={tiny_model_dir}", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1"])
+    cfg = verl_config(
+        [f"actor_rollout_ref.model.path={tiny_model_dir}", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1"]
+    )
     return omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
 
 
@@ -64,9 +66,15 @@ def test_retrieved_tokens_do_not_move_the_loss(actor_cfg, loss_mode, agg_mode):
     noise = lambda: torch.randn(B, T, generator=g) * 5  # noqa: E731
     out = ~mask
     perturbed = run(
-        actor_cfg, loss_mode, agg_mode, mask,
-        torch.where(out, -noise().abs(), old_lp), torch.where(out, -noise().abs(), lp),
-        torch.where(out, -noise().abs(), ref_lp), adv, torch.where(out, noise().abs(), entropy),
+        actor_cfg,
+        loss_mode,
+        agg_mode,
+        mask,
+        torch.where(out, -noise().abs(), old_lp),
+        torch.where(out, -noise().abs(), lp),
+        torch.where(out, -noise().abs(), ref_lp),
+        adv,
+        torch.where(out, noise().abs(), entropy),
     )
     assert torch.allclose(base[0], perturbed[0], atol=1e-6)
     for a, b in zip(base[1], perturbed[1]):  # policy loss, entropy, KL each unchanged

@@ -31,8 +31,17 @@ def test_research_scheme():
     assert score(response(RESEARCH, well_formed=False), "Eiffel Tower")["score"] == 0.0  # wrong format
     no_box = "<answer> Eiffel Tower </answer>"
     assert score(no_box, "Eiffel Tower") == pytest.approx(
-        {"score": 0.0, "f1": 0.0, "em": 0.0, "cover_em": 0.0, "format": 0.0, "num_searches": 0,
-         "num_failed_searches": 0.0, "retrieved_tokens": 0.0, "retrieval_s": 0.0}
+        {
+            "score": 0.0,
+            "f1": 0.0,
+            "em": 0.0,
+            "cover_em": 0.0,
+            "format": 0.0,
+            "num_searches": 0,
+            "num_failed_searches": 0.0,
+            "retrieved_tokens": 0.0,
+            "retrieval_s": 0.0,
+        }
     )
 
 
@@ -123,8 +132,14 @@ def test_empty_ground_truth(gold):
 
 @pytest.mark.parametrize("scheme", sorted(SCHEMES))
 def test_all_values_numeric(scheme):
-    extra = {"num_searches": np.int64(3), "num_failed_searches": 1, "retrieved_tokens": np.int32(512),
-             "retrieval_s": 0.25, "dialect": None, "index": 7}
+    extra = {
+        "num_searches": np.int64(3),
+        "num_failed_searches": 1,
+        "retrieved_tokens": np.int32(512),
+        "retrieval_s": 0.25,
+        "dialect": None,
+        "index": 7,
+    }
     out = score(response(RESEARCH), ["Eiffel Tower"], extra_info=extra, scheme=scheme, dialect="research")
     assert {"score", "f1", "em", "cover_em", "format", "num_searches"} <= out.keys()
     assert "pred" not in out
@@ -141,8 +156,13 @@ def test_bad_extra_info_values_fall_back():
 
 def test_verl_call_shape():
     # verl passes keyword arguments, possibly extra ones the scheme does not use
-    out = compute_score(data_source="nq", solution_str=response(RESEARCH), ground_truth=np.array(["Eiffel Tower"]),
-                        extra_info={"num_turns": 3}, reward_router_address=None)
+    out = compute_score(
+        data_source="nq",
+        solution_str=response(RESEARCH),
+        ground_truth=np.array(["Eiffel Tower"]),
+        extra_info={"num_turns": 3},
+        reward_router_address=None,
+    )
     assert out["score"] == 1.0
 
 

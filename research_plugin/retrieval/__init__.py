@@ -48,8 +48,7 @@ def _normalise(spec: RetrieverSpec) -> dict[str, Any]:
         raise ValueError(f"retriever spec string must be 'demo' or an http(s):// url, got {spec!r}")
     if not isinstance(spec, Mapping):
         raise TypeError(f"retriever spec must be a mapping or a string, got {type(spec).__name__}")
-    options: dict[str, Any] = _plain(spec)
-    return options
+    return _plain(spec)
 
 
 def _plain(value: Any) -> Any:

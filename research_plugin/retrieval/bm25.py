@@ -98,7 +98,9 @@ class BM25Retriever(Retriever):
             ids, scores = self._bm25.retrieve([known[i] for i in todo], k=k, show_progress=False)
         for i, row_ids, row_scores in zip(todo, ids.tolist(), scores.tolist(), strict=True):
             results[i].passages = [
-                replace(self.passages[j], score=score) for j, score in zip(row_ids, row_scores, strict=True) if score > 0
+                replace(self.passages[j], score=score)
+                for j, score in zip(row_ids, row_scores, strict=True)
+                if score > 0
             ]
         return results
 

@@ -120,9 +120,7 @@ class HTTPRetriever(Retriever):
         if entry is None:
             for dead in [other for other in self._sessions if other.is_closed()]:
                 del self._sessions[dead]
-            session = aiohttp.ClientSession(
-                headers=self._headers, timeout=aiohttp.ClientTimeout(total=self.timeout)
-            )
+            session = aiohttp.ClientSession(headers=self._headers, timeout=aiohttp.ClientTimeout(total=self.timeout))
             stop = asyncio.Event()
             entry = _LoopSession(session, stop, loop.create_task(self._own(loop, session, stop)))
             self._sessions[loop] = entry
