@@ -203,3 +203,66 @@ def test_result_block_tokens_match_dialect(tiny_model_dir):
     for d in DIALECTS.values():
         text = result_block("Doc 1 (Title: A) b", d)
         assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+
+
+def test_settings_from_agent_loop_config_file_and_row(
+    verl_config, tiny_model_dir, mini_corpus, model_and_tokenizer, tmp_path, monkeypatch
+):
+    """verl's agent_loop_config_path entries pass settings as kwargs; a row's extra_info.search overrides them."""
+    from research_plugin import retrieval
+
+    sent = []
+
+    class Recording(retrieval.BM25Retriever):
+        async def _search(self, queries, top_k):
+            sent.append((list(queries), top_k))
+            return await super()._search(queries, top_k)
+
+    monkeypatch.setitem(retrieval.RETRIEVER_TYPES, "recording_bm25", Recording)
+    loops = tmp_path / "agent_loops.yaml"
+    loops.write_text(
+        "- name: r1_search_agent\n"
+        "  _target_: research_plugin.agent_loop.SearchAgentLoop\n"
+        "  dialect: r1_searcher\n"
+        "  top_k: 1\n"
+        "  max_query_chars: 12\n"
+        f"  retriever: {{type: recording_bm25, corpus: '{mini_corpus}'}}\n"
+    )
+    config = make_config(
+        verl_config,
+        tiny_model_dir,
+        [f"actor_rollout_ref.rollout.agent.agent_loop_config_path={loops}"],
+        response_length=768,
+    )
+    d = DIALECTS["r1_searcher"]
+
+    def script(prompt_text):
+        if d.result_open in response_so_far(prompt_text):
+            return f"{d.answer_open} Keddle {d.answer_close}<|im_end|>"
+        return f"{d.think_open} hmm {d.think_close} {d.query_open} Quessa River length in kilometres {d.query_close}"
+
+    batch = make_batch([("How long is the Quessa?", "412"), ("How long is the Quessa?", "412")], "r1_searcher")
+    batch.non_tensor_batch["agent_name"][:] = "r1_search_agent"
+    batch.non_tensor_batch["extra_info"][1] = {"index": 1, "search": {"top_k": 2}}
+    model, tok = model_and_tokenizer
+    server = HFServer(model, tok, script=script)
+    out = run_agent_loop(config, server, batch)
+
+    assert all(c["params"]["stop"] == [d.query_close] for c in server.calls)
+    assert sorted(sent) == [(["Quessa River"], 1), (["Quessa River"], 2)]  # query cut to 12 chars, then stripped
+    for i, k in enumerate([1, 2]):
+        text = tok.decode(out.batch["responses"][i])
+        assert text.count("Doc ") == k and d.result_open in text
+    assert list(out.non_tensor_batch["dialect"]) == ["r1_searcher"] * 2
+
+
+def test_bad_settings_are_clear_errors():
+    from research_plugin.agent_loop import SearchAgentConfig
+
+    with pytest.raises(ValueError, match="unknown search_agent settings"):
+        SearchAgentConfig.merged({"topk": 3})
+    with pytest.raises(ValueError, match="unknown dialect"):
+        SearchAgentConfig.merged({"dialect": "nope"})
+    with pytest.raises(ValueError, match="out of range"):
+        SearchAgentConfig.merged({"top_k": 0})
+    assert SearchAgentConfig.merged({"top_k": 3}, None, {"top_k": 4}).top_k == 4
