@@ -12,10 +12,11 @@ def cmd_doctor(args) -> int:
     import verl
     from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
 
+    registered = set(_agent_loop_registry)  # before the import below, which would register us itself
     from .verl_plugin import REGISTERED_AGENT_LOOPS
 
     print(f"verl {verl.__version__}")
-    missing = [name for name in REGISTERED_AGENT_LOOPS if name not in _agent_loop_registry]
+    missing = [name for name in REGISTERED_AGENT_LOOPS if name not in registered]
     for name in REGISTERED_AGENT_LOOPS:
         print(f"agent loop {name}: {'registered' if name not in missing else 'MISSING'}")
     if missing:

@@ -1,0 +1,143 @@
+"""Sanity checks for the bundled demo corpus and two-hop questions (research_plugin/data)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from research_plugin.data import demo_corpus_path, demo_questions_path
+
+CONTENTS_RE = re.compile(r'"[^"\n]+"\n.+')
+PASSAGE_ID_RE = re.compile(r"demo-(\d{4})")
+QUESTION_ID_RE = re.compile(r"demo-q\d{3}")
+QUESTION_TYPES = {"bridge", "comparison"}
+
+
+def _read_jsonl(path):
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            assert line.strip(), f"{path.name}:{lineno} is blank"
+            rows.append(json.loads(line))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return _read_jsonl(demo_corpus_path())
+
+
+@pytest.fixture(scope="module")
+def corpus_by_id(corpus):
+    return {row["id"]: row for row in corpus}
+
+
+@pytest.fixture(scope="module")
+def questions():
+    return _read_jsonl(demo_questions_path())
+
+
+def _split(contents: str) -> tuple[str, str]:
+    title_line, text = contents.split("\n", 1)
+    return title_line[1:-1], text
+
+
+# ----------------------------------------------------------------------------- corpus
+
+
+def test_corpus_files_exist():
+    assert demo_corpus_path().is_file()
+    assert demo_questions_path().is_file()
+
+
+def test_corpus_size(corpus):
+    assert len(corpus) >= 250
+
+
+def test_corpus_rows_have_exactly_id_and_contents(corpus):
+    for row in corpus:
+        assert set(row) == {"id", "contents"}, row
+        assert isinstance(row["id"], str)
+        assert isinstance(row["contents"], str)
+
+
+def test_corpus_ids_unique_and_sequential(corpus):
+    ids = [row["id"] for row in corpus]
+    assert len(ids) == len(set(ids))
+    for i, pid in enumerate(ids, 1):
+        m = PASSAGE_ID_RE.fullmatch(pid)
+        assert m, pid
+        assert int(m.group(1)) == i, f"expected demo-{i:04d}, got {pid}"
+
+
+def test_corpus_contents_format(corpus):
+    for row in corpus:
+        assert CONTENTS_RE.fullmatch(row["contents"]), row["id"]
+
+
+def test_corpus_titles_unique(corpus):
+    titles = [_split(row["contents"])[0] for row in corpus]
+    dups = {t for t in titles if titles.count(t) > 1}
+    assert not dups, dups
+
+
+def test_corpus_word_counts(corpus):
+    for row in corpus:
+        _, text = _split(row["contents"])
+        n = len(text.split())
+        assert 30 <= n <= 120, (row["id"], n)
+
+
+# -------------------------------------------------------------------------- questions
+
+
+def test_question_count(questions):
+    assert len(questions) >= 60
+
+
+def test_question_schema(questions):
+    for q in questions:
+        assert set(q) == {"id", "question", "golden_answers", "metadata"}, q.get("id")
+        assert isinstance(q["id"], str) and QUESTION_ID_RE.fullmatch(q["id"]), q["id"]
+        assert isinstance(q["question"], str) and q["question"].strip()
+        answers = q["golden_answers"]
+        assert isinstance(answers, list) and answers, q["id"]
+        assert all(isinstance(a, str) and a.strip() for a in answers), q["id"]
+        meta = q["metadata"]
+        assert isinstance(meta, dict), q["id"]
+        assert meta.get("type") in QUESTION_TYPES, q["id"]
+        sup = meta.get("supporting_ids")
+        assert isinstance(sup, list) and len(sup) >= 2, q["id"]
+        assert all(isinstance(s, str) for s in sup), q["id"]
+        dec = meta.get("decomposition")
+        assert isinstance(dec, list) and len(dec) >= 2, q["id"]
+        assert all(isinstance(d, str) and "->" in d for d in dec), q["id"]
+
+
+def test_question_ids_unique(questions):
+    ids = [q["id"] for q in questions]
+    assert len(ids) == len(set(ids))
+
+
+def test_both_question_types_present(questions):
+    types = {q["metadata"]["type"] for q in questions}
+    assert types == QUESTION_TYPES
+
+
+def test_supporting_ids_exist(questions, corpus_by_id):
+    for q in questions:
+        for sid in q["metadata"]["supporting_ids"]:
+            assert sid in corpus_by_id, (q["id"], sid)
+
+
+def test_answer_in_last_supporting_passage(questions, corpus_by_id):
+    for q in questions:
+        last = corpus_by_id[q["metadata"]["supporting_ids"][-1]]["contents"].lower()
+        assert q["golden_answers"][0].lower() in last, (q["id"], q["golden_answers"][0])
+
+
+def test_answer_not_in_question(questions):
+    for q in questions:
+        assert q["golden_answers"][0].lower() not in q["question"].lower(), q["id"]
