@@ -59,6 +59,73 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    """Serve an index over HTTP (Search-R1 and FlashRAG APIs) with cross-request batching and a result cache."""
+    import json
+    import logging
+    import os
+    from functools import partial
+    from pathlib import Path
+
+    import uvicorn
+
+    from .retrieval import build_retriever
+    from .retrieval.server import create_app
+
+    index = Path(args.index)
+    try:
+        if index.is_dir():  # a saved index: its manifest names the backend that loads it
+            backend = json.loads((index / "manifest.json").read_text()).get("backend", "bm25")
+            spec: dict | str = {"type": backend, "index_dir": str(index)}
+        elif index.is_file():
+            spec = {"type": "bm25", "corpus": str(index)}
+        elif args.index == "demo":
+            spec = "demo"
+        else:
+            raise ValueError(f"--index must be 'demo', a jsonl corpus or an index folder, not {args.index!r}")
+        app = create_app(
+            partial(build_retriever, spec),
+            index_id="demo" if spec == "demo" else str(index.resolve()),
+            max_batch=args.max_batch,
+            batch_window_ms=args.batch_window_ms,
+            max_queue=args.max_queue,
+            cache_size=args.cache_size,
+            max_topk=args.max_topk,
+            max_queries=args.max_queries,
+            token=os.environ.get(args.token_env) or None,
+        )
+    except (OSError, ValueError) as e:
+        print(f"serve: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def cmd_index_build(args) -> int:
+    """Build a BM25 or dense index folder from a jsonl corpus; print its manifest."""
+    import json
+
+    from .retrieval.index_builder import build_index
+
+    try:
+        manifest = build_index(
+            args.corpus,
+            args.out,
+            backend=args.backend,
+            encoder=args.encoder,
+            index_type=args.index_type,
+            fp16=args.fp16,
+            batch_size=args.batch_size,
+            shard_size=args.shard_size,
+        )
+    except (OSError, ValueError) as e:
+        print(f"index build: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(manifest, indent=1, ensure_ascii=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .dialects import DIALECTS
 
@@ -84,6 +151,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("serve", help="serve a retrieval index over HTTP (Search-R1 /retrieve, FlashRAG /search)")
+    p.add_argument("--index", default="demo", help="'demo', a jsonl corpus (BM25), or a saved index folder")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=64, help="most queries per backend call")
+    p.add_argument("--batch-window-ms", type=float, default=2.0, help="how long a batch waits for more queries")
+    p.add_argument("--max-queue", type=int, default=1024, help="queued queries before requests get 429")
+    p.add_argument("--cache-size", type=int, default=100_000, help="cached results (0 disables the cache)")
+    p.add_argument("--max-topk", type=int, default=100)
+    p.add_argument("--max-queries", type=int, default=512, help="most queries in one request")
+    p.add_argument(
+        "--token-env",
+        default="RESEARCH_PLUGIN_TOKEN",
+        help="environment variable holding a bearer token; when set, requests must carry it",
+    )
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("index", help="build retrieval indexes")
+    index_sub = p.add_subparsers(dest="index_command", required=True)
+    p = index_sub.add_parser("build", help="build a BM25 or dense (faiss) index folder from a jsonl corpus")
+    p.add_argument("--corpus", required=True, help="'demo' or a jsonl corpus ({id, contents} or {id, title, text})")
+    p.add_argument("--backend", choices=["bm25", "dense"], default="bm25")
+    p.add_argument("--out", required=True, help="index folder to create (replaces an older index there)")
+    p.add_argument("--encoder", default="minilm", help="'minilm' (bundled) or a sentence-transformers path / name")
+    p.add_argument("--index-type", default="Flat", help="faiss index_factory string: Flat, HNSW32, IVF1024,PQ48, ...")
+    p.add_argument("--batch-size", type=int, default=256, help="passages per encoder batch")
+    p.add_argument("--shard-size", type=int, default=50_000, help="passages per resumable embedding shard")
+    p.add_argument("--fp16", action="store_true", help="store vectors in fp16 (Flat, HNSW, IVF...,Flat)")
+    p.set_defaults(func=cmd_index_build)
     return parser
 
 

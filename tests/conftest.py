@@ -1,9 +1,10 @@
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+
+from .corpora import write_corpus
 
 MINI_CORPUS = [
     ("Orvell Glassworks", "The Orvell Glassworks is a glass factory in Tamsk. It was founded in 1871 by Ilsa Marrow."),
@@ -17,11 +18,29 @@ MINI_CORPUS = [
 
 @pytest.fixture(scope="session")
 def mini_corpus(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "mini.jsonl"
-    with path.open("w") as f:
-        for i, (title, text) in enumerate(MINI_CORPUS):
-            f.write(json.dumps({"id": f"m{i}", "contents": f'"{title}"\n{text}'}) + "\n")
-    return path
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "mini.jsonl", MINI_CORPUS, id_format="m{}")
+
+
+@pytest.fixture(scope="module")
+def corpus_path(tmp_path_factory) -> Path:
+    """``TOPICS`` as a jsonl corpus (ids ``doc0``...), written once per test module."""
+    return write_corpus(tmp_path_factory.mktemp("topics") / "corpus.jsonl")
+
+
+@pytest.fixture(scope="module")
+def bm25(corpus_path: Path):
+    """An in-process BM25 index of ``corpus_path``, one per test module."""
+    from research_plugin.retrieval import BM25Retriever
+
+    return BM25Retriever(corpus_path)
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The bundled offline all-MiniLM-L6-v2 encoder, loaded once per session."""
+    from research_plugin.retrieval.dense import Encoder
+
+    return Encoder("minilm", device="cpu")
 
 
 @pytest.fixture(scope="session")

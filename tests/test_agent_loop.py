@@ -7,7 +7,6 @@ tiny Qwen2 model and vLLM's ``generate`` semantics. Retrieval is real BM25 over 
 from __future__ import annotations
 
 import re
-import socket
 
 import numpy as np
 import pytest
@@ -17,6 +16,8 @@ from research_plugin import demo
 from research_plugin.demo import run_agent_loop, trainer_config
 from research_plugin.dialects import DIALECTS, result_block
 from research_plugin.hf_generation import HFGenerationServer
+
+from .local_http import free_port
 
 RESPONSE_LENGTH = 384
 
@@ -48,12 +49,6 @@ def two_hop_script(prompt_text: str):
     if n_results == 1:
         return "<think> Now where was she born? </think> <search>Ilsa Marrow born</search>"
     return "<think> Done. </think> <answer> The answer is \\boxed{Keddle} </answer><|im_end|>"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_config(verl_config, tiny_model_dir, retriever_overrides, response_length=RESPONSE_LENGTH, extra=()):

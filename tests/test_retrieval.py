@@ -34,51 +34,8 @@ from research_plugin.retrieval import (
     iter_corpus,
 )
 
-TOPICS = [
-    ("Volcano", "A volcano is a rupture in the crust through which lava, ash and gases escape from a magma chamber."),
-    ("Honeybee", "Honeybees live in hives, gather nectar from flowers and store honey in wax combs."),
-    ("Piano", "The piano is a keyboard instrument whose felt hammers strike strings when keys are pressed."),
-    ("Glacier", "A glacier is a persistent body of dense ice that slowly flows downhill under its own weight."),
-    ("Chess", "Chess is a board game for two players who move kings, queens, rooks, bishops, knights and pawns."),
-    ("Photosynthesis", "Photosynthesis lets plants turn sunlight, water and carbon dioxide into glucose and oxygen."),
-    ("Lighthouse", "A lighthouse is a tower with a bright lamp that guides ships away from rocks at night."),
-    ("Sourdough", "Sourdough bread is leavened by a starter culture of wild yeast and lactobacilli."),
-    ("Tornado", "A tornado is a violently rotating column of air touching both a thunderstorm cloud and the ground."),
-    ("Penguin", "Penguins are flightless seabirds of the southern hemisphere that swim with flipper wings."),
-    ("Saturn", "Saturn is the sixth planet from the Sun, a gas giant famous for its prominent ring system."),
-    ("Origami", "Origami is the Japanese art of folding paper sheets into sculptures without cutting or glue."),
-    ("Espresso", "Espresso is concentrated coffee brewed by forcing pressurised hot water through ground beans."),
-    ("Coral reef", "Coral reefs are underwater ecosystems built from calcium carbonate skeletons of tiny polyps."),
-    ("Bicycle", "A bicycle is a pedal driven vehicle with two wheels, a chain drive and handlebars for steering."),
-    ("Vaccine", "A vaccine trains the immune system to recognise a pathogen by presenting a harmless antigen."),
-    ("Marathon", "The marathon is a long distance footrace of about forty two kilometres run on roads."),
-    ("Telescope", "A telescope gathers light with lenses or mirrors to magnify distant stars and galaxies."),
-    ("Cheddar", "Cheddar is a hard cow milk cheese that originated in the English village of Cheddar in Somerset."),
-    ("Earthquake", "An earthquake is sudden shaking of the ground caused by slipping tectonic plates along a fault."),
-    ("Violin", "The violin is a bowed string instrument with four strings tuned in perfect fifths."),
-    ("Pyramid", "The pyramids of Giza are ancient Egyptian tombs built from limestone blocks for pharaohs."),
-    ("Octopus", "An octopus is a soft bodied cephalopod with eight arms lined with suckers and three hearts."),
-    ("Bamboo", "Bamboo is a fast growing grass with hollow woody stems used for scaffolding and furniture."),
-    ("Compass", "A compass has a magnetised needle that aligns with the magnetic field and points north."),
-    ("Tsunami", "A tsunami is a series of enormous ocean waves usually triggered by an undersea earthquake."),
-]
-
-
-def write_corpus(path: Path, topics: list[tuple[str, str]] = TOPICS) -> Path:
-    with path.open("w") as f:
-        for i, (title, text) in enumerate(topics):
-            f.write(json.dumps({"id": f"doc{i}", "contents": f'"{title}"\n{text}'}) + "\n")
-    return path
-
-
-@pytest.fixture(scope="module")
-def corpus_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_corpus(tmp_path_factory.mktemp("retrieval") / "corpus.jsonl")
-
-
-@pytest.fixture(scope="module")
-def bm25(corpus_path: Path) -> BM25Retriever:
-    return BM25Retriever(corpus_path)
+from .corpora import TOPICS, to_passages, write_corpus
+from .local_http import LocalApp, search_and_close
 
 
 def search(retriever: Retriever, queries: list[str], top_k: int = 3) -> list[SearchResult]:
@@ -221,8 +178,7 @@ def test_bm25_concurrent_searches_agree(bm25: BM25Retriever) -> None:
 
 
 def test_bm25_from_passage_list() -> None:
-    passages = [Passage(str(i), t, x) for i, (t, x) in enumerate(TOPICS)]
-    (r,) = search(BM25Retriever(passages), ["felt hammers strike strings"], top_k=1)
+    (r,) = search(BM25Retriever(to_passages(id_format="{}")), ["felt hammers strike strings"], top_k=1)
     assert ids(r) == ["2"]
 
 
@@ -268,19 +224,13 @@ def test_bm25_index_dir_ignores_corrupt_index(corpus_path: Path, tmp_path: Path)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class LocalServer:
-    """An aiohttp server on 127.0.0.1 (ephemeral port) in a background thread, recording request times per path."""
+class LocalServer(LocalApp):
+    """POST ``routes`` on a local server (see :class:`LocalApp`), recording request times per path and headers."""
 
     def __init__(self, routes: dict[str, Handler]) -> None:
         self.hits: dict[str, list[float]] = defaultdict(list)
         self.headers: list[dict[str, str]] = []
-        self._routes = routes
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(),), daemon=True)
-        self._thread.start()
-        assert self._ready.wait(10), "server did not start"
 
-    async def _serve(self) -> None:
         @web.middleware
         async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
             self.hits[request.path].append(time.monotonic())
@@ -288,25 +238,9 @@ class LocalServer:
             return await handler(request)
 
         app = web.Application(middlewares=[record])
-        for path, handler in self._routes.items():
+        for path, handler in routes.items():
             app.router.add_post(path, handler)
-        runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = runner.addresses[0][1]
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        self._ready.set()
-        await self._stop.wait()
-        await runner.cleanup()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(5)
+        super().__init__(app)
 
 
 def retrieve_handler(backend: Retriever) -> Handler:
@@ -389,16 +323,6 @@ def server(bm25: BM25Retriever) -> Iterator[LocalServer]:
 
 def client(url: str, **kwargs: Any) -> HTTPRetriever:
     return HTTPRetriever(url, **{"timeout": 2.0, "max_retries": 3, "backoff": 0.01, "max_backoff": 0.05, **kwargs})
-
-
-def search_and_close(retriever: HTTPRetriever, queries: list[str], top_k: int = 3) -> list[SearchResult]:
-    async def go() -> list[SearchResult]:
-        try:
-            return await retriever.search(queries, top_k)
-        finally:
-            await retriever.close()
-
-    return asyncio.run(go())
 
 
 def test_http_round_trips_passages_and_scores(server: LocalServer, bm25: BM25Retriever) -> None:
@@ -533,7 +457,7 @@ def test_build_retriever_from_specs(corpus_path: Path) -> None:
 
 
 def test_build_retriever_rejects_unknown_specs() -> None:
-    with pytest.raises(ValueError, match="known types: bm25, http"):
+    with pytest.raises(ValueError, match="known types: bm25, dense, http"):
         build_retriever({"type": "faiss"})
     with pytest.raises(ValueError, match="known types"):
         build_retriever({"corpus": "demo"})

@@ -1,6 +1,7 @@
 """Retrieval backends for the search tool, built from small specs.
 
-Specs: ``{"type": "bm25", "corpus": "demo" | path, "index_dir": ...}``, ``{"type": "http", "url": ..., ...}``; the
+Specs: ``{"type": "bm25", "corpus": "demo" | path, "index_dir": ...}``, ``{"type": "dense", "index_dir": ...}`` (a
+folder ``research-plugin index build`` made), ``{"type": "http", "url": ..., ...}``; the
 string ``"demo"`` is bm25 over the bundled corpus and an ``http(s)://`` string is an HTTP client for that endpoint.
 A new backend is one entry in :data:`RETRIEVER_TYPES` (the other spec keys become its keyword arguments).
 """
@@ -30,9 +31,34 @@ __all__ = [
 
 RetrieverSpec = Mapping[str, Any] | str
 
+
+def _dense(**options: Any) -> Retriever:
+    """``DenseRetriever``, imported on use: it needs the ``dense`` extra (faiss, sentence-transformers)."""
+    from .dense import DenseRetriever
+
+    return DenseRetriever(**options)
+
+
+def _ray(**options: Any) -> Retriever:
+    """``RayActorRetriever``, imported on use: a client of one index actor shared across a Ray cluster."""
+    from .ray_backend import RayActorRetriever
+
+    return RayActorRetriever(**options)
+
+
+def _web(**options: Any) -> Retriever:
+    """``WebSearchRetriever`` (Serper / SerpApi), imported on use; its API key comes from the environment."""
+    from .web import WebSearchRetriever
+
+    return WebSearchRetriever(**options)
+
+
 RETRIEVER_TYPES: dict[str, Callable[..., Retriever]] = {
     "bm25": BM25Retriever,
     "http": HTTPRetriever,
+    "dense": _dense,
+    "ray": _ray,
+    "web": _web,
 }
 
 _cache: dict[Hashable, Retriever] = {}

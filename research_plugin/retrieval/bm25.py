@@ -31,7 +31,8 @@ class BM25Retriever(Retriever):
 
     The index is built once at construction. With ``index_dir``, the index and passages are saved there, and a
     later construction over the same, unchanged corpus with the same settings memory-maps them instead of
-    rebuilding (``loaded_from_index`` tells which happened). Passages with a zero score are not returned.
+    rebuilding (``loaded_from_index`` tells which happened). With ``index_dir`` and no ``corpus``, the saved index
+    is loaded as it is, with its own settings (see :meth:`load`). Passages with a zero score are not returned.
     """
 
     name = "bm25"
@@ -40,21 +41,22 @@ class BM25Retriever(Retriever):
 
     def __init__(
         self,
-        corpus: str | Path | list[Passage],
+        corpus: str | Path | list[Passage] | None = None,
         *,
         stemmer: str | None = "english",
         stopwords: str | list[str] | None = "en",
         index_dir: str | Path | None = None,
     ) -> None:
+        if corpus is None:
+            if index_dir is None:
+                raise ValueError("BM25Retriever needs a corpus or an index_dir")
+            self._load_saved(Path(index_dir))
+            return
         if corpus == "demo":
             from research_plugin.data import demo_corpus_path
 
             corpus = demo_corpus_path()
-        self._source = "<in-memory>" if isinstance(corpus, list) else str(corpus)
-        self._stemmer = Stemmer.Stemmer(stemmer) if stemmer else None
-        self._stopwords = stopwords
-        self._lock = threading.Lock()
-        self.loaded_from_index = False
+        self._configure("<in-memory>" if isinstance(corpus, list) else str(corpus), stemmer, stopwords)
 
         index_path = Path(index_dir) if index_dir is not None else None
         manifest = self._manifest(corpus, stemmer) if index_path is not None else {}
@@ -76,6 +78,36 @@ class BM25Retriever(Retriever):
         logger.info("bm25: indexed %d passages from %s", len(self.passages), self._source)
         if index_path is not None:
             self._save(index_path, {**manifest, "passages": len(self.passages)})
+
+    @classmethod
+    def load(cls, index_dir: str | Path) -> BM25Retriever:
+        """Memory-map an index that ``BM25Retriever(corpus, index_dir=...)`` saved, without needing the corpus.
+
+        Raises ``ValueError`` when ``index_dir`` holds no complete index (``OSError`` when it cannot be read).
+        """
+        return cls(index_dir=index_dir)
+
+    def _load_saved(self, index_path: Path) -> None:
+        manifest = json.loads((index_path / _MANIFEST).read_text())
+        if (
+            not isinstance(manifest, dict)
+            or manifest.get("format") != _FORMAT_VERSION
+            or manifest.get("backend", "bm25") != "bm25"
+        ):
+            raise ValueError(f"{index_path / _MANIFEST} is not a BM25 index manifest of format {_FORMAT_VERSION}")
+        manifest.pop("passages", None)
+        self._configure(str(index_path), manifest.get("stemmer"), manifest.get("stopwords"))
+        if not self._load(index_path, manifest):
+            raise ValueError(f"{index_path} does not hold a complete BM25 index")
+        self.loaded_from_index = True
+        logger.info("bm25: loaded index of %d passages from %s", len(self.passages), index_path)
+
+    def _configure(self, source: str, stemmer: str | None, stopwords: str | list[str] | None) -> None:
+        self._source = source
+        self._stemmer = Stemmer.Stemmer(stemmer) if stemmer else None
+        self._stopwords = stopwords
+        self._lock = threading.Lock()
+        self.loaded_from_index = False
 
     def describe(self) -> str:
         return f"bm25(corpus={self._source}, passages={len(self.passages)})"
@@ -131,8 +163,8 @@ class BM25Retriever(Retriever):
         try:
             saved = json.loads((index_dir / _MANIFEST).read_text())
             count = saved.pop("passages")
-            if saved != manifest:
-                return False
+            if any(saved.get(key) != value for key, value in manifest.items()):
+                return False  # other saved keys (an index build's id, dates, versions) do not matter
             with open(index_dir / _PASSAGES, encoding="utf-8") as f:
                 passages = [Passage(**json.loads(line)) for line in f if line.strip()]
             bm25 = bm25s.BM25.load(index_dir, mmap=True, show_progress=False)

@@ -1,0 +1,190 @@
+"""Cross-request micro-batching in front of a :class:`Retriever`, with an LRU result cache and a bounded queue.
+
+Every query of every request becomes one pending item keyed by its normalised text and ``top_k``. A single
+batcher task waits for the first item, gathers more for up to ``batch_window_s`` (or until ``max_batch`` are
+pending), and calls the backend once for the distinct queries of the batch at the batch's largest ``top_k``,
+cutting each item's answer to its own ``top_k``. Identical queries are searched once: a cached answer is returned
+at once, and a query already queued or being searched is joined rather than queued again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from cachetools import LRUCache
+
+from .base import Passage, Retriever
+
+logger = logging.getLogger(__name__)
+
+
+class Overloaded(Exception):
+    """The queue has no room for a request's queries; retry later."""
+
+
+class BackendError(Exception):
+    """The backend failed for a query (it raised, or returned an error result)."""
+
+
+class _Key(NamedTuple):
+    query: str
+    top_k: int
+    index_id: str
+
+
+@dataclass
+class _Item:
+    key: _Key
+    future: asyncio.Future[tuple[Passage, ...]]
+
+
+@dataclass
+class BatchStats:
+    """Counters since start; ``sizes`` maps a backend batch size (distinct queries) to how many batches had it."""
+
+    batches: int = 0
+    sizes: Counter[int] = field(default_factory=Counter)
+    backend_failures: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    joined_in_flight: int = 0
+
+
+def normalise(query: str) -> str:
+    """Lowercase with runs of whitespace folded to one space and ends stripped: the form searched and cached."""
+    return " ".join(query.lower().split())
+
+
+class Batcher:
+    """Batches, deduplicates and caches searches on ``retriever``; use inside one event loop, between
+    :meth:`start` and :meth:`stop`."""
+
+    def __init__(
+        self,
+        retriever: Retriever,
+        *,
+        index_id: str,
+        max_batch: int = 64,
+        batch_window_s: float = 0.002,
+        max_queue: int = 1024,
+        cache_size: int = 100_000,
+    ) -> None:
+        if max_batch < 1 or max_queue < 1 or batch_window_s < 0 or cache_size < 0:
+            raise ValueError("need max_batch >= 1, max_queue >= 1, batch_window_s >= 0 and cache_size >= 0")
+        self.retriever = retriever
+        self.index_id = index_id
+        self.max_batch = max_batch
+        self.batch_window_s = batch_window_s
+        self.max_queue = max_queue
+        self.stats = BatchStats()
+        self._cache: LRUCache[_Key, tuple[Passage, ...]] | None = LRUCache(cache_size) if cache_size else None
+        self._pending: deque[_Item] = deque()
+        self._in_flight: dict[_Key, asyncio.Future[tuple[Passage, ...]]] = {}
+        self._arrived = asyncio.Event()
+        self._full = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        """Queries waiting for a batch (not counting the batch being searched)."""
+        return len(self._pending)
+
+    def cache_info(self) -> dict[str, int]:
+        if self._cache is None:
+            return {"size": 0, "capacity": 0}
+        return {"size": len(self._cache), "capacity": int(self._cache.maxsize)}
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="retrieval-batcher")
+
+    async def stop(self) -> None:
+        """Stop the batcher task; requests still waiting fail with :class:`BackendError`."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for future in self._in_flight.values():
+            if not future.done():
+                future.set_exception(BackendError("server is shutting down"))
+        self._pending.clear()
+        self._in_flight.clear()
+
+    async def search(self, queries: list[str], top_k: int) -> list[tuple[Passage, ...]]:
+        """The passages for each query, best first; raises :class:`Overloaded` without queueing anything when the
+        queue lacks room for this request's new queries, and :class:`BackendError` when the backend failed."""
+        keys = [_Key(normalise(q), top_k, self.index_id) for q in queries]
+        found: dict[_Key, tuple[Passage, ...]] = {}
+        waits: dict[_Key, asyncio.Future[tuple[Passage, ...]]] = {}
+        new: list[_Key] = []
+        for key in dict.fromkeys(keys):
+            cached = self._cache.get(key) if self._cache is not None else None
+            if cached is not None:
+                found[key] = cached
+                self.stats.cache_hits += 1
+            elif key in self._in_flight:
+                waits[key] = self._in_flight[key]
+                self.stats.joined_in_flight += 1
+            else:
+                new.append(key)
+        if len(self._pending) + len(new) > self.max_queue:
+            raise Overloaded(f"{len(self._pending)} queries already queued (max {self.max_queue})")
+        self.stats.cache_misses += len(new)
+        loop = asyncio.get_running_loop()
+        for key in new:
+            future = waits[key] = self._in_flight[key] = loop.create_future()
+            self._pending.append(_Item(key, future))
+        if new:
+            self._arrived.set()
+            if len(self._pending) >= self.max_batch:
+                self._full.set()
+        # shield: a request that goes away must not cancel a search other requests share
+        answers = await asyncio.gather(*(asyncio.shield(f) for f in waits.values()))
+        found.update(zip(waits, answers))
+        return [found[key] for key in keys]
+
+    async def _run(self) -> None:
+        while True:
+            await self._arrived.wait()
+            if len(self._pending) < self.max_batch:
+                self._full.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self.batch_window_s)
+            batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
+            if not self._pending:
+                self._arrived.clear()
+            await self._search_batch(batch)
+
+    async def _search_batch(self, batch: list[_Item]) -> None:
+        queries = list(dict.fromkeys(item.key.query for item in batch))
+        self.stats.batches += 1
+        self.stats.sizes[len(queries)] += 1
+        try:
+            results = await self.retriever.search(queries, max(item.key.top_k for item in batch))
+        except Exception as e:  # a backend bug fails this batch only; the batcher lives on
+            logger.exception("retrieval backend %s failed on a batch of %d", self.retriever.describe(), len(queries))
+            self.stats.backend_failures += 1
+            for item in batch:
+                self._finish(item, BackendError(f"retrieval backend failed ({type(e).__name__})"))
+            return
+        by_query = dict(zip(queries, results))
+        for item in batch:
+            result = by_query[item.key.query]
+            if result.error:
+                self._finish(item, BackendError(result.error))
+                continue
+            passages = tuple(result.passages[: item.key.top_k])
+            if self._cache is not None:
+                self._cache[item.key] = passages
+            self._finish(item, passages)
+
+    def _finish(self, item: _Item, outcome: tuple[Passage, ...] | BackendError) -> None:
+        self._in_flight.pop(item.key, None)
+        if isinstance(outcome, BackendError):
+            item.future.set_exception(outcome)
+        else:
+            item.future.set_result(outcome)

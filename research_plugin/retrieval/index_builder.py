@@ -1,0 +1,268 @@
+"""Build a retrieval index folder from a jsonl corpus (wiki-18 ``{"id", "contents"}`` or ``{"id", "title", "text"}``).
+
+The folder loads with ``build_retriever({"type": backend, "index_dir": out})``. It is built in a sibling
+``<out>.tmp-*`` folder and renamed into place at the end, so ``out`` is only ever absent, the old index or the new
+one. Dense builds cache the corpus embeddings in ``<out>.work/`` as one ``.npy`` file per shard of ``shard_size``
+passages (each written under a temporary name, then renamed): rerunning an interrupted build with the same corpus
+and encoder encodes only the missing shards. The work folder is removed once the index is in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import os
+import platform
+import shutil
+import tempfile
+from array import array
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tqdm import tqdm
+
+from .base import Passage, iter_corpus
+
+if TYPE_CHECKING:
+    import faiss
+
+    from .dense import Encoder
+
+BACKENDS = ("bm25", "dense")
+MANIFEST = "manifest.json"
+TRAIN_SAMPLE = 200_000
+"""At most this many embeddings train an index that needs training (IVF, PQ)."""
+
+
+def build_index(
+    corpus: str | Path,
+    out: str | Path,
+    *,
+    backend: str = "bm25",
+    encoder: Encoder | str = "minilm",
+    index_type: str = "Flat",
+    fp16: bool = False,
+    batch_size: int = 256,
+    shard_size: int = 50_000,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Build the ``backend`` index of ``corpus`` (a jsonl path or ``"demo"``) into ``out``; returns its manifest.
+
+    Dense options: ``encoder`` (an :class:`~research_plugin.retrieval.dense.Encoder`, ``"minilm"``, or a
+    sentence-transformers path / name), faiss ``index_type`` (``Flat``, ``HNSW32``, ``IVF1024,PQ48``, ... any
+    ``index_factory`` string), ``fp16`` vector storage, encoding ``batch_size`` and ``shard_size``. An existing
+    ``out`` is replaced only if it holds an index (a ``manifest.json``).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if batch_size <= 0 or shard_size <= 0:
+        raise ValueError("batch_size and shard_size must be positive")
+    if str(corpus) == "demo":
+        from research_plugin.data import demo_corpus_path
+
+        corpus = demo_corpus_path()
+    corpus, out = Path(corpus), Path(out)
+    if out.exists() and not (out / MANIFEST).exists():
+        raise FileExistsError(f"{out} exists and holds no index; not replacing it")
+    if backend == "dense":
+        from .dense import Encoder, factory_string
+
+        factory = factory_string(index_type, fp16)  # fails fast on a bad combination
+        if not isinstance(encoder, Encoder):
+            encoder = Encoder(encoder)
+    stat = corpus.stat()
+    sha256, lines = _digest(corpus, progress)
+    work = out.with_name(out.name + ".work")
+    with _staged(out) as tmp:
+        if backend == "bm25":
+            manifest, settings = _build_bm25(corpus, tmp)
+        else:
+            manifest, settings = _build_dense(
+                corpus,
+                tmp,
+                work,
+                encoder,
+                factory,
+                batch_size=batch_size,
+                shard_size=shard_size,
+                key=sha256,
+                lines=lines,
+                progress=progress,
+            )
+            manifest.update(index_type=index_type, fp16=fp16)
+        manifest.update(
+            backend=backend,
+            index_id=hashlib.sha256(json.dumps([sha256, backend, settings], sort_keys=True).encode()).hexdigest()[:16],
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            corpus={"path": str(corpus.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
+            corpus_sha256=sha256,
+            versions=_versions(backend),
+        )
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
+    if backend == "dense":
+        shutil.rmtree(work, ignore_errors=True)
+    return manifest
+
+
+def _build_bm25(corpus: Path, tmp: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``BM25Retriever``'s own saved layout; the settings are those its manifest records."""
+    from .bm25 import BM25Retriever
+
+    BM25Retriever(corpus, index_dir=tmp)
+    if not (tmp / MANIFEST).exists():
+        raise RuntimeError(f"bm25: the index could not be saved to {tmp} (see the log)")
+    manifest: dict[str, Any] = json.loads((tmp / MANIFEST).read_text())
+    return manifest, {k: manifest[k] for k in ("format", "stemmer", "stopwords")}
+
+
+def _build_dense(
+    corpus: Path,
+    tmp: Path,
+    work: Path,
+    encoder: Encoder,
+    factory: str,
+    *,
+    batch_size: int,
+    shard_size: int,
+    key: str,
+    lines: int,
+    progress: bool,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Embed the corpus shard by shard (reusing finished shards of the same ``key``, the corpus hash), then index."""
+    import faiss
+
+    from .dense import DENSE_FORMAT_VERSION, INDEX_FILE, OFFSETS_FILE, PASSAGES_FILE, passage_line
+
+    _open_work_dir(work, {"corpus_sha256": key, "encoder": encoder.info(), "shard_size": shard_size})
+    offsets = array("q", [0])
+    shards: list[Path] = []
+    with (
+        open(tmp / PASSAGES_FILE, "wb") as f,
+        tqdm(total=lines, desc="encode", unit="passage", disable=not progress) as bar,
+    ):
+        for number, shard in enumerate(_batched(iter_corpus(corpus), shard_size)):
+            for passage in shard:
+                f.write(passage_line(passage))
+                offsets.append(f.tell())
+            path = work / f"shard-{number:05d}.npy"
+            shards.append(path)
+            if _rows(path) == len(shard):
+                bar.update(len(shard))  # encoded by an earlier, interrupted run
+            else:
+                _save_npy(path, encoder.encode_passages(shard, batch_size, bar))
+    np.save(tmp / OFFSETS_FILE, np.frombuffer(offsets, dtype=np.int64))
+    index = _faiss_index(shards, len(offsets) - 1, factory, progress)
+    faiss.write_index(index, str(tmp / INDEX_FILE))
+    identity = {k: encoder.info()[k] for k in ("name", "query_prefix", "passage_prefix")}
+    manifest = {
+        "format": DENSE_FORMAT_VERSION,
+        "passages": index.ntotal,
+        "encoder": encoder.info(),
+        "factory": factory,
+        "dimension": index.d,
+        "metric": "inner_product",
+    }
+    return manifest, {"format": DENSE_FORMAT_VERSION, "encoder": identity, "factory": factory}
+
+
+def _faiss_index(shards: list[Path], count: int, factory: str, progress: bool) -> faiss.Index:
+    """An inner-product index of the shards' embeddings, trained first on a sample when the type needs it."""
+    import faiss
+
+    dimension = np.load(shards[0], mmap_mode="r").shape[1]
+    index = faiss.index_factory(dimension, factory, faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained:
+        rows = np.sort(np.random.default_rng(0).choice(count, size=min(count, TRAIN_SAMPLE), replace=False))
+        sample, start = [], 0
+        for path in shards:
+            embeddings = np.load(path, mmap_mode="r")
+            end = start + len(embeddings)
+            sample.append(embeddings[rows[(rows >= start) & (rows < end)] - start])
+            start = end
+        index.train(np.concatenate(sample))
+    for path in tqdm(shards, desc="index", unit="shard", disable=not progress):
+        index.add(np.load(path))
+    return index
+
+
+def _open_work_dir(work: Path, key: dict[str, Any]) -> None:
+    """Make ``work`` hold only shards computed for ``key`` (corpus, encoder, shard size)."""
+    key_file = work / "key.json"
+    if work.exists():
+        if not key_file.exists() and any(work.iterdir()):
+            raise FileExistsError(f"{work} exists and is not an index build's work folder")
+        if key_file.exists() and json.loads(key_file.read_text()) != key:
+            shutil.rmtree(work)  # embeddings of another corpus or encoder
+    work.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(json.dumps(key, indent=1))
+
+
+def _rows(path: Path) -> int:
+    """Rows of a finished shard file; -1 when there is none."""
+    try:
+        return int(np.load(path, mmap_mode="r").shape[0])
+    except (OSError, ValueError):
+        return -1
+
+
+def _save_npy(path: Path, embeddings: np.ndarray) -> None:
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as f:
+        np.save(f, embeddings)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+
+
+def _batched(passages: Iterable[Passage], size: int) -> Iterator[list[Passage]]:
+    iterator = iter(passages)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+@contextlib.contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """A fresh sibling folder that replaces ``out`` when the block succeeds and is removed when it fails."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o755)  # mkdtemp made it private
+        if out.exists():
+            old = tmp.with_name(tmp.name + ".old")
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _digest(path: Path, progress: bool) -> tuple[str, int]:
+    """SHA-256 and line count of a file."""
+    digest, lines = hashlib.sha256(), 0
+    with (
+        open(path, "rb") as f,
+        tqdm(total=path.stat().st_size, desc="hash", unit="B", unit_scale=True, disable=not progress) as bar,
+    ):
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            lines += chunk.count(b"\n")
+            bar.update(len(chunk))
+    return digest.hexdigest(), lines
+
+
+def _versions(backend: str) -> dict[str, str]:
+    import research_plugin
+
+    versions = {"python": platform.python_version(), "research_plugin": research_plugin.__version__}
+    modules = ["numpy", "bm25s"] if backend == "bm25" else ["numpy", "faiss", "sentence_transformers", "torch"]
+    for name in modules:
+        versions[name] = __import__(name).__version__
+    return versions

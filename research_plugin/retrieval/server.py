@@ -1,0 +1,338 @@
+"""The retrieval HTTP server: Search-R1's ``/retrieve`` and FlashRAG's ``/search`` / ``/batch_search`` over one
+:class:`~research_plugin.retrieval.batching.Batcher`, plus ``/health`` and ``/metrics``.
+
+The index loads in a daemon thread at startup, so ``/health`` answers 503 at once and 200 once it is loaded (a
+slow load never delays shutdown). When a token is given, every endpoint but ``/health`` requires
+``Authorization: Bearer <token>``. Bad requests get 400 / 413 / 422 and a ``{"detail": message}`` body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .base import Passage, Retriever
+from .batching import BackendError, Batcher, BatchStats, Overloaded
+
+logger = logging.getLogger(__name__)
+
+SEARCH_PATHS = ("/retrieve", "/search", "/batch_search")
+_KNOWN_PATHS = (*SEARCH_PATHS, "/health", "/metrics")
+_RETRY_AFTER_OVERLOADED_S = 1
+_RETRY_AFTER_LOADING_S = 5
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+
+class RetrieveRequest(_Strict):
+    """Search-R1's request; a missing or null ``topk`` means 3, as in its server's default config."""
+
+    queries: list[str]
+    topk: int | None = None
+    return_scores: bool = False
+
+
+class SearchRequest(_Strict):
+    """FlashRAG's single-query request."""
+
+    query: str
+    top_n: int = 10
+    return_score: bool = False
+
+
+class BatchSearchRequest(_Strict):
+    """FlashRAG's batch request (the field is called ``query`` there too)."""
+
+    query: list[str]
+    top_n: int = 10
+    return_score: bool = False
+
+
+_Model = TypeVar("_Model", bound=_Strict)
+
+
+class Metrics:
+    """Request counters by path and status, and the latencies of the last ``window`` successful searches."""
+
+    def __init__(self, window: int = 10_000) -> None:
+        self.requests: Counter[str] = Counter()
+        self.statuses: Counter[int] = Counter()
+        self.latency_ms: deque[float] = deque(maxlen=window)
+
+    def observe(self, path: str, status: int, seconds: float) -> None:
+        self.requests[path if path in _KNOWN_PATHS else "other"] += 1
+        self.statuses[status] += 1
+        if path in SEARCH_PATHS and status == 200:
+            self.latency_ms.append(seconds * 1000.0)
+
+    def snapshot(self, batcher: Batcher | None) -> dict[str, Any]:
+        stats = batcher.stats if batcher is not None else BatchStats()
+        searched = sum(size * n for size, n in stats.sizes.items())
+        latencies = sorted(self.latency_ms)
+        return {
+            "requests": dict(self.requests),
+            "responses": {str(code): n for code, n in sorted(self.statuses.items())},
+            "client_errors": sum(n for code, n in self.statuses.items() if 400 <= code < 500),
+            "rejected_429": self.statuses[429],
+            "errors": sum(n for code, n in self.statuses.items() if code >= 500),
+            "queue_depth": batcher.queue_depth if batcher is not None else 0,
+            "batches": {
+                "count": stats.batches,
+                "queries": searched,
+                "mean_size": searched / stats.batches if stats.batches else 0.0,
+                "max_size": max(stats.sizes, default=0),
+                "histogram": _histogram(stats.sizes),
+                "backend_failures": stats.backend_failures,
+            },
+            "cache": {
+                "hits": stats.cache_hits,
+                "misses": stats.cache_misses,
+                "joined_in_flight": stats.joined_in_flight,
+                **(batcher.cache_info() if batcher is not None else {"size": 0, "capacity": 0}),
+            },
+            "latency_ms": {
+                "window": len(latencies),
+                **{f"p{q}": _percentile(latencies, q) for q in (50, 90, 99)},
+            },
+        }
+
+
+def _histogram(sizes: Counter[int]) -> dict[str, int]:
+    """Batch counts in power-of-two size buckets: ``"1"``, ``"2"``, ``"3-4"``, ``"5-8"``, ..."""
+    buckets: Counter[int] = Counter()
+    for size, n in sizes.items():
+        buckets[1 << (size - 1).bit_length()] += n
+    return {(str(hi) if hi <= 2 else f"{hi // 2 + 1}-{hi}"): buckets[hi] for hi in sorted(buckets)}
+
+
+def _percentile(ordered: Sequence[float], q: int) -> float | None:
+    """Nearest-rank percentile of sorted values, rounded to µs; None when there are none."""
+    if not ordered:
+        return None
+    return round(ordered[min(len(ordered) - 1, len(ordered) * q // 100)], 3)
+
+
+class _MetricsMiddleware:
+    """Counts every HTTP response (auth failures and unknown paths included) and times it."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            self.metrics.observe(scope["path"], status, time.perf_counter() - start)
+
+
+class _State:
+    """What the endpoints share: the batcher once the index is loaded, or why loading failed."""
+
+    def __init__(self, make_batcher: Callable[[Retriever], Batcher]) -> None:
+        self.make_batcher = make_batcher
+        self.batcher: Batcher | None = None
+        self.passages: int | None = None
+        self.load_error: str | None = None
+
+    async def load(self, factory: Callable[[], Retriever]) -> None:
+        try:
+            retriever = await _in_daemon_thread(factory)
+        except Exception as e:
+            logger.exception("could not load the index")
+            self.load_error = f"{type(e).__name__}: {e}"
+            return
+        held = getattr(retriever, "passages", None)
+        self.passages = len(held) if held is not None else None
+        self.batcher = self.make_batcher(retriever)
+        self.batcher.start()
+        logger.info("index loaded: %s", retriever.describe())
+
+    async def close(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.stop()
+            await self.batcher.retriever.close()
+
+
+async def _in_daemon_thread(factory: Callable[[], Retriever]) -> Retriever:
+    """``factory()`` in a daemon thread, so an index still loading never holds up shutdown."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Retriever] = loop.create_future()
+
+    def settle(outcome: Retriever | BaseException) -> None:
+        if future.done():  # cancelled at shutdown
+            return
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+    def work() -> None:
+        outcome: Retriever | BaseException
+        try:
+            outcome = factory()
+        except BaseException as e:  # handed to the event loop, which re-raises it there
+            outcome = e
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=work, name="index-loader", daemon=True).start()
+    return await future
+
+
+def create_app(
+    retriever: Retriever | Callable[[], Retriever],
+    *,
+    index_id: str,
+    max_batch: int = 64,
+    batch_window_ms: float = 2.0,
+    max_queue: int = 1024,
+    cache_size: int = 100_000,
+    max_topk: int = 100,
+    max_queries: int = 512,
+    max_body_bytes: int = 1 << 20,
+    token: str | None = None,
+) -> FastAPI:
+    """The server app over ``retriever``, or over what a zero-argument factory returns (called in a thread at
+    startup). ``index_id`` names the index in ``/health`` and in cache keys; the other limits are per request,
+    except ``max_queue`` (queries waiting for a batch, server-wide), which must be at least ``max_queries``."""
+    if max_topk < 1 or max_queries < 1 or max_body_bytes < 1:
+        raise ValueError("need max_topk, max_queries and max_body_bytes >= 1")
+    if max_queue < max_queries:
+        raise ValueError(f"max_queue ({max_queue}) must be at least max_queries ({max_queries})")
+    factory = (lambda: retriever) if isinstance(retriever, Retriever) else retriever
+    state = _State(
+        lambda loaded: Batcher(
+            loaded,
+            index_id=index_id,
+            max_batch=max_batch,
+            batch_window_s=batch_window_ms / 1000.0,
+            max_queue=max_queue,
+            cache_size=cache_size,
+        )
+    )
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loader = asyncio.create_task(state.load(factory))
+        try:
+            yield
+        finally:
+            loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loader
+            await state.close()
+
+    app = FastAPI(title="research-plugin retrieval", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(_MetricsMiddleware, metrics=metrics)
+    guarded = [Depends(_bearer_check(token))] if token else []
+
+    async def parse(request: Request, model: type[_Model]) -> _Model:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_body_bytes:
+            raise HTTPException(413, f"request body is over {max_body_bytes} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_body_bytes:
+                raise HTTPException(413, f"request body is over {max_body_bytes} bytes")
+        try:
+            return model.model_validate_json(bytes(body))
+        except ValidationError as e:
+            errors = e.errors(include_url=False)
+            message = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in errors)
+            raise HTTPException(400 if errors[0]["type"] == "json_invalid" else 422, message) from None
+
+    async def find(queries: list[str], top_k: int, top_k_field: str) -> list[tuple[Passage, ...]]:
+        if not queries:
+            raise HTTPException(422, "no queries given")
+        if len(queries) > max_queries:
+            raise HTTPException(422, f"{len(queries)} queries given; at most {max_queries} per request")
+        if not 1 <= top_k <= max_topk:
+            raise HTTPException(422, f"{top_k_field} must be between 1 and {max_topk}, got {top_k}")
+        if state.batcher is None:
+            detail = f"index failed to load: {state.load_error}" if state.load_error else "index is loading"
+            raise HTTPException(503, detail, headers={"Retry-After": str(_RETRY_AFTER_LOADING_S)})
+        try:
+            return await state.batcher.search(queries, top_k)
+        except Overloaded as e:
+            retry_after = {"Retry-After": str(_RETRY_AFTER_OVERLOADED_S)}
+            raise HTTPException(429, f"overloaded: {e}", headers=retry_after) from None
+        except BackendError as e:
+            raise HTTPException(503, str(e)) from None
+
+    @app.post("/retrieve", dependencies=guarded)
+    async def retrieve(request: Request) -> JSONResponse:
+        req = await parse(request, RetrieveRequest)
+        found = await find(req.queries, 3 if req.topk is None else req.topk, "topk")
+        if req.return_scores:
+            return JSONResponse({"result": [[{"document": _doc(p), "score": p.score} for p in ps] for ps in found]})
+        return JSONResponse({"result": [[_doc(p) for p in ps] for ps in found]})
+
+    @app.post("/search", dependencies=guarded)
+    async def flashrag_search(request: Request) -> JSONResponse:
+        req = await parse(request, SearchRequest)
+        (found,) = await find([req.query], req.top_n, "top_n")
+        docs = [_doc(p) for p in found]
+        return JSONResponse([docs, [p.score for p in found]] if req.return_score else docs)
+
+    @app.post("/batch_search", dependencies=guarded)
+    async def flashrag_batch_search(request: Request) -> JSONResponse:
+        req = await parse(request, BatchSearchRequest)
+        found = await find(req.query, req.top_n, "top_n")
+        docs = [[_doc(p) for p in ps] for ps in found]
+        return JSONResponse([docs, [[p.score for p in ps] for ps in found]] if req.return_score else docs)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if state.batcher is None:
+            status = "failed" if state.load_error else "loading"
+            return JSONResponse({"status": status, "index": index_id, "error": state.load_error}, status_code=503)
+        return JSONResponse({"status": "ok", "index": index_id, "passages": state.passages})
+
+    @app.get("/metrics", dependencies=guarded)
+    async def get_metrics() -> JSONResponse:
+        return JSONResponse(metrics.snapshot(state.batcher))
+
+    return app
+
+
+def _doc(passage: Passage) -> dict[str, str]:
+    return {"id": passage.id, "contents": passage.contents}
+
+
+def _bearer_check(token: str) -> Callable[[Request], Awaitable[None]]:
+    expected = f"Bearer {token}".encode()
+
+    async def check(request: Request) -> None:
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    return check

@@ -1,0 +1,217 @@
+"""Dense retrieval with the real bundled MiniLM: recall on a small labelled set, index kinds, prefixes, specs."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import types
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from research_plugin.retrieval import build_retriever
+from research_plugin.retrieval.dense import (
+    BGE_QUERY_INSTRUCTION,
+    DenseRetriever,
+    Encoder,
+    bundled_minilm_path,
+    default_prefixes,
+    factory_string,
+)
+from research_plugin.retrieval.index_builder import build_index
+
+from .corpora import TOPICS, to_passages, write_corpus
+
+# TOPICS (p00-p25) and four more entries (p26-p29)
+PASSAGES = [
+    *TOPICS,
+    (
+        "Printing press",
+        "Gutenberg's movable type press, built around 1440 in Mainz, made books far cheaper to produce.",
+    ),
+    ("Penicillin", "Alexander Fleming discovered penicillin in 1928 when a mould killed bacteria in a culture dish."),
+    (
+        "Great Wall",
+        "The Great Wall of China is a line of fortifications built over centuries against northern raiders.",
+    ),
+    ("Kangaroo", "Kangaroos are large Australian marsupials that hop on strong hind legs and carry young in a pouch."),
+]
+
+PASSAGE_OBJECTS = to_passages(PASSAGES, id_format="p{:02d}")
+
+# Paraphrased questions and the index of the passage that answers each.
+QUERIES = [
+    ("Which mountain spits out melted stone and smoke?", 0),
+    ("What insects make a sweet syrup from flower juice?", 1),
+    ("What enormous frozen mass creeps down a valley?", 3),
+    ("How do green plants make sugar out of light?", 5),
+    ("What tall building by the sea warns sailors in the dark?", 6),
+    ("Spinning funnel of wind dropping out of a storm", 8),
+    ("Birds that cannot fly and live near Antarctica", 9),
+    ("Which world is circled by bands of ice and dust?", 10),
+    ("Strong little coffee made under high pressure", 12),
+    ("A shot that teaches your body to fight a germ", 15),
+    ("Instrument for seeing faraway planets up close", 17),
+    ("Why does the ground suddenly tremble?", 19),
+    ("Who made it cheap to print books with reusable letters?", 26),
+    ("Which antibiotic came from a fungus?", 27),
+    ("Animal from down under that jumps and keeps its baby in a pocket", 29),
+]
+
+
+@pytest.fixture(scope="module")
+def labelled_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("dense") / "labelled.jsonl", PASSAGES, id_format="p{:02d}")
+
+
+@pytest.fixture(scope="module")
+def build(labelled_corpus: Path, minilm: Encoder, tmp_path_factory: pytest.TempPathFactory):
+    """Index folders of the labelled corpus, one per (index_type, fp16), built on first use."""
+    built: dict[tuple[str, bool], Path] = {}
+
+    def get(index_type: str = "Flat", fp16: bool = False) -> Path:
+        if (index_type, fp16) not in built:
+            out = tmp_path_factory.mktemp("dense-index") / "index"
+            build_index(labelled_corpus, out, backend="dense", encoder=minilm, index_type=index_type, fp16=fp16)
+            built[index_type, fp16] = out
+        return built[index_type, fp16]
+
+    return get
+
+
+def search(retriever: DenseRetriever, queries: list[str], top_k: int) -> list[list[str]]:
+    results = asyncio.run(retriever.search(queries, top_k))
+    return [[p.id for p in result.passages] for result in results]
+
+
+def test_bundled_minilm_is_a_local_sentence_transformers_folder() -> None:
+    path = bundled_minilm_path()
+    assert (path / "modules.json").is_file() and (path / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("intfloat/e5-base-v2", ("query: ", "passage: ")),
+        ("/models/multilingual-e5-large", ("query: ", "passage: ")),
+        ("BAAI/bge-base-en-v1.5", (BGE_QUERY_INSTRUCTION, "")),
+        ("BAAI/bge-m3", ("", "")),
+        ("minilm", ("", "")),
+        ("/models/sentence-e50", ("", "")),
+    ],
+)
+def test_default_prefixes(name: str, expected: tuple[str, str]) -> None:
+    assert default_prefixes(name) == expected
+
+
+def test_encoder_applies_prefixes(minilm: Encoder) -> None:
+    seen: list[str] = []
+
+    class Recorder:
+        def encode(self, texts: list[str], **kwargs) -> np.ndarray:
+            seen.extend(texts)
+            return np.ones((len(texts), 3))
+
+    encoder = copy.copy(minilm)
+    encoder.model, encoder.query_prefix, encoder.passage_prefix = Recorder(), "query: ", "passage: "
+    encoder.encode_queries(["who?"])
+    out = encoder.encode_passages(PASSAGE_OBJECTS[:3], batch_size=2)
+    assert seen == ["query: who?"] + [f"passage: {p.contents}" for p in PASSAGE_OBJECTS[:3]]
+    assert out.shape == (3, 3) and out.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("index_type", "fp16", "factory"),
+    [
+        ("Flat", False, "Flat"),
+        ("Flat", True, "SQfp16"),
+        ("HNSW32", True, "HNSW32,SQfp16"),
+        ("IVF1024,Flat", True, "IVF1024,SQfp16"),
+        ("IVF1024,PQ48", False, "IVF1024,PQ48"),
+    ],
+)
+def test_factory_string(index_type: str, fp16: bool, factory: str) -> None:
+    assert factory_string(index_type, fp16) == factory
+
+
+def test_fp16_does_not_apply_to_pq() -> None:
+    with pytest.raises(ValueError, match="fp16"):
+        factory_string("IVF1024,PQ48", True)
+
+
+def test_recall_at_3_on_paraphrased_questions(build, minilm: Encoder) -> None:
+    retriever = DenseRetriever(build("Flat"), encoder=minilm)
+    found = search(retriever, [q for q, _ in QUERIES], 3)
+    hits = [f"p{gold:02d}" in ids for (_, gold), ids in zip(QUERIES, found)]
+    recall = sum(hits) / len(hits)
+    print(f"MiniLM recall@3 on {len(QUERIES)} paraphrased questions over {len(PASSAGES)} passages: {recall:.2f}")
+    assert recall >= 0.8
+
+
+@pytest.mark.parametrize(
+    ("index_type", "fp16", "options"), [("HNSW32", False, {}), ("Flat", True, {}), ("IVF2,Flat", False, {"nprobe": 2})]
+)
+def test_other_index_kinds_agree_with_flat_on_top_1(build, minilm: Encoder, index_type, fp16, options) -> None:
+    queries = [q for q, _ in QUERIES]
+    flat = search(DenseRetriever(build("Flat"), encoder=minilm), queries, 1)
+    other = DenseRetriever(build(index_type, fp16), encoder=minilm, **options)
+    assert other.manifest["factory"] == factory_string(index_type, fp16)
+    assert search(other, queries, 1) == flat
+
+
+def test_search_contract(build, minilm: Encoder) -> None:
+    retriever = DenseRetriever(build("Flat"), encoder=minilm)
+    results = asyncio.run(retriever.search(["coffee", "planet with rings", "coffee"], 100))
+    assert [len(r.passages) for r in results] == [len(PASSAGES)] * 3  # top_k is capped at the corpus size
+    for result in results:
+        scores = [p.score for p in result.passages]
+        assert scores == sorted(scores, reverse=True) and -1.01 <= scores[-1] <= scores[0] <= 1.01
+        assert result.error is None
+    assert results[0] == results[2]
+    top = results[1].passages[0]
+    assert (top.id, top.title, top.text) == ("p10", "Saturn", PASSAGES[10][1])
+    assert "passages=30" in retriever.describe()
+
+
+@pytest.mark.parametrize("clone_fails", [False, True])
+def test_gpu_code_path_with_a_stand_in_faiss_gpu(
+    build, minilm: Encoder, monkeypatch: pytest.MonkeyPatch, clone_fails: bool
+) -> None:
+    sharded: list[bool] = []
+
+    def index_cpu_to_all_gpus(index, co):
+        sharded.append(co.shard)
+        if clone_fails:
+            raise RuntimeError("not implemented for this type of index")
+        return index
+
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 2)
+    monkeypatch.setattr(faiss, "GpuMultipleClonerOptions", types.SimpleNamespace, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", index_cpu_to_all_gpus)
+    retriever = DenseRetriever(build("Flat"), encoder=minilm, shard=True)
+    DenseRetriever(build("Flat"), encoder=minilm, gpu=False)
+    assert sharded == [True]
+    assert search(retriever, ["Which antibiotic came from a fungus?"], 1) == [["p27"]]
+
+
+def test_spec_loads_the_encoder_named_in_the_manifest(build) -> None:
+    retriever = build_retriever({"type": "dense", "index_dir": str(build("Flat"))})
+    assert isinstance(retriever, DenseRetriever)
+    assert retriever.encoder.name == "minilm"
+    assert search(retriever, ["Which antibiotic came from a fungus?"], 1) == [["p27"]]
+
+
+def test_encoder_with_other_prefixes_is_refused(build, minilm: Encoder) -> None:
+    e5_style = copy.copy(minilm)
+    e5_style.query_prefix = "query: "
+    with pytest.raises(ValueError, match="prefixes"):
+        DenseRetriever(build("Flat"), encoder=e5_style)
+
+
+def test_non_dense_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_text(json.dumps({"backend": "bm25", "format": 1}))
+    with pytest.raises(ValueError, match="no dense index"):
+        DenseRetriever(tmp_path)
