@@ -157,7 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=int, default=64, help="most queries per backend call")
-    p.add_argument("--batch-window-ms", type=float, default=2.0, help="how long a batch waits for more queries")
+    p.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=0.0,
+        help="extra wait for more queries before a batch (default 0: batch what arrived while the backend was busy)",
+    )
     p.add_argument("--max-queue", type=int, default=1024, help="queued queries before requests get 429")
     p.add_argument("--cache-size", type=int, default=100_000, help="cached results (0 disables the cache)")
     p.add_argument("--max-topk", type=int, default=100)

@@ -1,10 +1,11 @@
 """Cross-request micro-batching in front of a :class:`Retriever`, with an LRU result cache and a bounded queue.
 
 Every query of every request becomes one pending item keyed by its normalised text and ``top_k``. A single
-batcher task waits for the first item, gathers more for up to ``batch_window_s`` (or until ``max_batch`` are
-pending), and calls the backend once for the distinct queries of the batch at the batch's largest ``top_k``,
-cutting each item's answer to its own ``top_k``. Identical queries are searched once: a cached answer is returned
-at once, and a query already queued or being searched is joined rather than queued again.
+batcher task takes what is pending (up to ``max_batch``) as soon as the backend is free, so queries that arrive
+during a search form the next batch; ``batch_window_s`` optionally waits for more. The backend is called once
+for the distinct queries of a batch at the batch's largest ``top_k``, and each item's answer is cut to its own
+``top_k``. Identical queries are searched once: a cached answer is returned at once, and a query already queued
+or being searched is joined rather than queued again.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class Batcher:
         *,
         index_id: str,
         max_batch: int = 64,
-        batch_window_s: float = 0.002,
+        batch_window_s: float = 0.0,
         max_queue: int = 1024,
         cache_size: int = 100_000,
     ) -> None:
@@ -150,7 +151,7 @@ class Batcher:
     async def _run(self) -> None:
         while True:
             await self._arrived.wait()
-            if len(self._pending) < self.max_batch:
+            if self.batch_window_s > 0 and len(self._pending) < self.max_batch:
                 self._full.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self.batch_window_s)
