@@ -65,6 +65,12 @@ ERRORS_CONCURRENCY = 256
 # corpus and queries
 
 
+def _shown(path: Path) -> str:
+    """A path as recorded in results: relative to the repository when inside it, so results carry no machine paths."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def _vocabulary(rng: np.random.Generator, size: int) -> list[str]:
     """``size`` distinct pronounceable pseudo-words of 2-4 consonant-vowel syllables, none an English stopword."""
     from bm25s.stopwords import STOPWORDS_EN
@@ -171,7 +177,7 @@ def build_index(corpus_path: Path, index_dir: Path) -> dict[str, Any]:
         "passages": len(retriever.passages),
         "loaded_from_cache": retriever.loaded_from_index,
         "seconds": round(time.perf_counter() - start, 2),
-        "index_dir": str(index_dir),
+        "index_dir": _shown(index_dir),
     }
     del retriever
     gc.collect()
@@ -826,10 +832,10 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [c.summary() for c in servers]
     summary = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "config": {k: (_shown(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "environment": env,
         "corpus": {
-            "path": str(corpus_path),
+            "path": _shown(corpus_path),
             "passages": args.passages,
             "vocab": VOCAB_SIZE,
             "zipf_s": ZIPF_S,
