@@ -192,7 +192,7 @@ def _ours_app(index_dir: str) -> Any:
     from research_plugin.retrieval import BM25Retriever
     from research_plugin.retrieval.server import create_app
 
-    return create_app(lambda: BM25Retriever.load(index_dir), index_id=index_dir, cache_size=0)
+    return create_app(lambda: BM25Retriever(index_dir=index_dir), index_id=index_dir, cache_size=0)
 
 
 class RetrieveRequest(BaseModel):
@@ -208,7 +208,7 @@ def _baseline_app(index_dir: str) -> Any:
     once per request. Same response shape and JSONResponse as ours, so only the request handling differs."""
     from research_plugin.retrieval import BM25Retriever
 
-    retriever = BM25Retriever.load(index_dir)
+    retriever = BM25Retriever(index_dir=index_dir)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.post("/retrieve")
@@ -535,7 +535,7 @@ def _backend_main(
 ) -> dict[str, Any]:
     from research_plugin.retrieval import BM25Retriever
 
-    retriever = BM25Retriever.load(index_dir)
+    retriever = BM25Retriever(index_dir=index_dir)
 
     async def go() -> dict[str, Any]:
         texts = [q for q, _ in queries]

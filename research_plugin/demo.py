@@ -33,27 +33,31 @@ class LocalActor:
         return type("RemoteMethod", (), {"remote": staticmethod(getattr(self._obj, name))})
 
 
-def trainer_config(model_dir: Path, *, response_length: int, scheme: str = "research", overrides=()):
-    """verl's ``ppo_trainer`` config, composed by Hydra as ``main_ppo`` does, with the search agent set up."""
+def compose_verl_config(overrides=()):
+    """verl's own ``ppo_trainer`` config with command-line style overrides, composed by Hydra as ``main_ppo`` does."""
     import verl
     from hydra import compose, initialize_config_dir
 
     config_dir = str(Path(verl.__file__).parent / "trainer" / "config")
     with initialize_config_dir(config_dir=config_dir, version_base=None):
-        return compose(
-            config_name="ppo_trainer",
-            overrides=[
-                f"actor_rollout_ref.model.path={model_dir}",
-                "actor_rollout_ref.rollout.name=vllm",  # a required name; the HF server below does the work
-                "actor_rollout_ref.rollout.prompt_length=1024",
-                f"actor_rollout_ref.rollout.response_length={response_length}",
-                "actor_rollout_ref.rollout.calculate_log_probs=True",
-                "reward.custom_reward_function.path=pkg://research_plugin",
-                "reward.custom_reward_function.name=compute_score",
-                f"+reward.custom_reward_function.reward_kwargs.scheme={scheme}",
-                *overrides,
-            ],
-        )
+        return compose(config_name="ppo_trainer", overrides=list(overrides))
+
+
+def trainer_config(model_dir: Path, *, response_length: int, scheme: str = "research", overrides=()):
+    """The trainer config for search-agent rollouts: verl's defaults, our agent loop's reward and settings."""
+    return compose_verl_config(
+        [
+            f"actor_rollout_ref.model.path={model_dir}",
+            "actor_rollout_ref.rollout.name=vllm",  # a required name; the HF server below does the work
+            "actor_rollout_ref.rollout.prompt_length=1024",
+            f"actor_rollout_ref.rollout.response_length={response_length}",
+            "actor_rollout_ref.rollout.calculate_log_probs=True",
+            "reward.custom_reward_function.path=pkg://research_plugin",
+            "reward.custom_reward_function.name=compute_score",
+            f"+reward.custom_reward_function.reward_kwargs.scheme={scheme}",
+            *overrides,
+        ]
+    )
 
 
 def load_questions(n: int, path: Path | None = None) -> list[dict]:

@@ -3,13 +3,14 @@
 ``HFGenerationServer.generate(request_id, prompt_ids=, sampling_params=)`` returns verl's ``TokenOutput``:
 the sampled response ids and their log-probs under the sampling distribution's model (raw log-softmax, as
 vLLM reports them). Stop strings, ``include_stop_str_in_output`` and ``max_tokens`` behave as in vLLM:
-output ends right after the first stop string, at EOS, or after ``max_tokens`` tokens. Requests are
+output ends right after the first stop string, at EOS or a stop token id, or after ``max_tokens`` tokens. Requests are
 served one at a time (HF ``generate``-style decoding is not re-entrant) off the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import threading
 
 import torch
@@ -20,7 +21,6 @@ class HFGenerationServer:
     def __init__(self, model, tokenizer, seed: int = 0):
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.calls: list[dict] = []
         self._lock = threading.Lock()
         self._gen = torch.Generator().manual_seed(seed)
 
@@ -33,6 +33,10 @@ class HFGenerationServer:
     def _sample(self, prompt_ids: list[int], max_tokens: int, params: dict) -> tuple[list[int], list[float]]:
         """Sample with a KV cache; log-probs are the raw (untempered) log-softmax of the chosen tokens."""
         out, logprobs = [], []
+        stops = params.get("stop") or []
+        # a stop string of L characters ends within the last 4L+1 byte-level tokens: only decode that tail
+        tail = 4 * max(map(len, stops), default=0) + 1
+        stop_ids = {self.tokenizer.eos_token_id, *(params.get("stop_token_ids") or [])}
         temperature = float(params.get("temperature", 1.0))
         top_k = int(params.get("top_k", -1) or -1)
         top_p = float(params.get("top_p", 1.0))
@@ -55,22 +59,22 @@ class HFGenerationServer:
                     nxt = int(torch.multinomial(probs, 1, generator=self._gen))
                 out.append(nxt)
                 logprobs.append(float(torch.log_softmax(logits, -1)[nxt]))
-                if nxt == self.tokenizer.eos_token_id or self._stop_index(out, params) is not None:
+                if nxt in stop_ids:
+                    break
+                recent = self.tokenizer.decode(out[-tail:], skip_special_tokens=False) if stops else ""
+                if any(stop in recent for stop in stops):
                     break
                 step = self.model(torch.tensor([[nxt]]), past_key_values=step.past_key_values, use_cache=True)
         return out, logprobs
 
     def _stop_index(self, ids: list[int], params: dict) -> int | None:
-        """Number of tokens to keep when a stop string occurs in the decoded ``ids``."""
+        """Number of tokens to keep when a stop string occurs in the decoded ``ids`` (up to and including it)."""
         text = self.tokenizer.decode(ids, skip_special_tokens=False)
-        for stop in params.get("stop") or []:
-            pos = text.find(stop)
-            if pos >= 0:
-                end = pos + len(stop)
-                for n in range(1, len(ids) + 1):  # shortest prefix whose text covers the stop string
-                    if len(self.tokenizer.decode(ids[:n], skip_special_tokens=False)) >= end:
-                        return n
-        return None
+        ends = [text.find(stop) + len(stop) for stop in params.get("stop") or [] if stop in text]
+        if not ends:
+            return None
+        decoded_len = lambda n: len(self.tokenizer.decode(ids[:n], skip_special_tokens=False))  # noqa: E731
+        return bisect.bisect_left(range(len(ids) + 1), min(ends), key=decoded_len)  # shortest covering prefix
 
     def propose(self, prompt_ids: list[int], max_tokens: int, params: dict) -> tuple[list[int], list[float] | None]:
         """The continuation's token ids (and their log-probs, when known) before stop handling."""
@@ -78,7 +82,6 @@ class HFGenerationServer:
 
     def _generate(self, prompt_ids: list[int], params: dict) -> TokenOutput:
         max_tokens = int(params.get("max_tokens") or 512)
-        prompt_text = self.tokenizer.decode(prompt_ids, skip_special_tokens=False)
         with self._lock:
             ids, logprobs = self.propose(prompt_ids, max_tokens, params)
             cut = self._stop_index(ids, params)
@@ -88,7 +91,6 @@ class HFGenerationServer:
             if logprobs is None:
                 logprobs = self._logprobs(prompt_ids, ids) if ids else []
             logprobs = logprobs[: len(ids)]
-        self.calls.append({"prompt_text": prompt_text, "params": dict(params), "n_out": len(ids)})
         return TokenOutput(token_ids=ids, log_probs=logprobs, stop_reason="completed", num_preempted=0)
 
     async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs) -> TokenOutput:

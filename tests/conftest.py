@@ -48,18 +48,3 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from research_plugin.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen2")
-
-
-@pytest.fixture(scope="session")
-def verl_config():
-    """Compose verl 0.9.1's own ``ppo_trainer`` config with overrides (what ``main_ppo`` does)."""
-    import verl
-    from hydra import compose, initialize_config_dir
-
-    config_dir = str(Path(verl.__file__).parent / "trainer" / "config")
-
-    def make(overrides: list[str]):
-        with initialize_config_dir(config_dir=config_dir, version_base=None):
-            return compose(config_name="ppo_trainer", overrides=overrides)
-
-    return make

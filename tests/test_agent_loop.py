@@ -28,8 +28,10 @@ class HFServer(HFGenerationServer):
     def __init__(self, model, tokenizer, script=None):
         super().__init__(model, tokenizer)
         self.script = script
+        self.calls = []  # the sampling params of every generate call
 
     def propose(self, prompt_ids, max_tokens, params):
+        self.calls.append({"params": dict(params)})
         scripted = self.script(self.tokenizer.decode(prompt_ids)) if self.script else None
         if scripted is None:
             return super().propose(prompt_ids, max_tokens, params)
@@ -51,7 +53,7 @@ def two_hop_script(prompt_text: str):
     return "<think> Done. </think> <answer> The answer is \\boxed{Keddle} </answer><|im_end|>"
 
 
-def make_config(verl_config, tiny_model_dir, retriever_overrides, response_length=RESPONSE_LENGTH, extra=()):
+def make_config(tiny_model_dir, retriever_overrides, response_length=RESPONSE_LENGTH, extra=()):
     return trainer_config(
         tiny_model_dir,
         response_length=response_length,
@@ -74,9 +76,9 @@ def bm25(mini_corpus):
     return ["+search_agent.retriever.type=bm25", f"+search_agent.retriever.corpus={mini_corpus}"]
 
 
-def test_two_searches_masks_exactly_the_results(verl_config, tiny_model_dir, mini_corpus, model_and_tokenizer):
+def test_two_searches_masks_exactly_the_results(tiny_model_dir, mini_corpus, model_and_tokenizer):
     model, tok = model_and_tokenizer
-    config = make_config(verl_config, tiny_model_dir, bm25(mini_corpus))
+    config = make_config(tiny_model_dir, bm25(mini_corpus))
     server = HFServer(model, tok, script=two_hop_script)
     out = run_agent_loop(
         config, server, make_batch([("Where was the founder of the Orvell Glassworks born?", "Keddle")])
@@ -116,11 +118,10 @@ def test_two_searches_masks_exactly_the_results(verl_config, tiny_model_dir, min
     assert out.batch["rm_scores"][0].sum().item() == pytest.approx(1.0)
 
 
-def test_retriever_down_gives_finished_trajectory_with_error(verl_config, tiny_model_dir, model_and_tokenizer):
+def test_retriever_down_gives_finished_trajectory_with_error(tiny_model_dir, model_and_tokenizer):
     model, tok = model_and_tokenizer
     url = f"http://127.0.0.1:{free_port()}/retrieve"  # nothing listens there
     config = make_config(
-        verl_config,
         tiny_model_dir,
         [
             "+search_agent.retriever.type=http",
@@ -142,7 +143,7 @@ def test_retriever_down_gives_finished_trajectory_with_error(verl_config, tiny_m
 
 
 @pytest.mark.parametrize("dialect", sorted(DIALECTS))
-def test_malformed_and_limits(verl_config, tiny_model_dir, mini_corpus, model_and_tokenizer, dialect):
+def test_malformed_and_limits(tiny_model_dir, mini_corpus, model_and_tokenizer, dialect):
     """Close tag without open, empty query, the policy's own result text, junk, search limit, budget."""
     model, tok = model_and_tokenizer
     d = DIALECTS[dialect]
@@ -159,7 +160,7 @@ def test_malformed_and_limits(verl_config, tiny_model_dir, mini_corpus, model_an
         return steps[k] if k < len(steps) else f"{d.answer_open} \\boxed{{412}} {d.answer_close}<|im_end|>"
 
     length = 1024  # the tiny tokenizer spends many tokens on r1_searcher's long tags
-    config = make_config(verl_config, tiny_model_dir, bm25(mini_corpus), length, extra=["+search_agent.max_searches=1"])
+    config = make_config(tiny_model_dir, bm25(mini_corpus), length, extra=["+search_agent.max_searches=1"])
     out = run_agent_loop(config, HFServer(model, tok, script=script), make_batch([("How long is it?", "412")], dialect))
     valid = out.batch["attention_mask"][0, -length:].bool()
     ids, mask = out.batch["responses"][0][valid].tolist(), out.batch["response_mask"][0][valid].tolist()
@@ -173,13 +174,11 @@ def test_malformed_and_limits(verl_config, tiny_model_dir, mini_corpus, model_an
     assert nt["num_searches"][0] == 1 and nt["num_invalid_queries"][0] == 2
 
 
-def test_budget_truncates_cleanly_and_sampled_junk_never_raises(
-    verl_config, tiny_model_dir, mini_corpus, model_and_tokenizer
-):
+def test_budget_truncates_cleanly_and_sampled_junk_never_raises(tiny_model_dir, mini_corpus, model_and_tokenizer):
     model, tok = model_and_tokenizer
     first = tok.encode(two_hop_script(""), add_special_tokens=False)
     length = len(first) + 5  # the first result block starts but does not fit
-    config = make_config(verl_config, tiny_model_dir, bm25(mini_corpus), response_length=length)
+    config = make_config(tiny_model_dir, bm25(mini_corpus), response_length=length)
     # scripted: the second result block does not fit and is cut at the budget
     out = run_agent_loop(config, HFServer(model, tok, script=two_hop_script), make_batch([("Where?", "Keddle")]))
     assert int(out.batch["attention_mask"][0, -length:].sum()) == length
@@ -201,7 +200,7 @@ def test_result_block_tokens_match_dialect(tiny_model_dir):
 
 
 def test_settings_from_agent_loop_config_file_and_row(
-    verl_config, tiny_model_dir, mini_corpus, model_and_tokenizer, tmp_path, monkeypatch
+    tiny_model_dir, mini_corpus, model_and_tokenizer, tmp_path, monkeypatch
 ):
     """verl's agent_loop_config_path entries pass settings as kwargs; a row's extra_info.search overrides them."""
     from research_plugin import retrieval
@@ -224,7 +223,6 @@ def test_settings_from_agent_loop_config_file_and_row(
         f"  retriever: {{type: recording_bm25, corpus: '{mini_corpus}'}}\n"
     )
     config = make_config(
-        verl_config,
         tiny_model_dir,
         [f"actor_rollout_ref.rollout.agent.agent_loop_config_path={loops}"],
         response_length=768,

@@ -28,14 +28,21 @@ def test_logprobs_are_the_models_and_max_tokens_holds(server):
     assert server._logprobs(prompt, out.token_ids) == pytest.approx(out.log_probs, abs=1e-4)
 
 
-def test_greedy_is_deterministic_and_stop_string_cuts_after_it(server):
+def test_greedy_is_deterministic_and_stop_string_cuts_right_after_it(server):
+    prompt = server.tokenizer.encode("Doc 1 (Title: X)")
+    decode = server.tokenizer.decode
+    a = gen(server, prompt, temperature=0, max_tokens=20)
+    assert a.token_ids == gen(server, prompt, temperature=0, max_tokens=20).token_ids
+    stop = decode(a.token_ids)[5:8]  # a stop string the greedy output is known to contain
+    c = gen(server, prompt, temperature=0, max_tokens=20, stop=[stop])
+    # the same greedy tokens, cut at the first token whose text completes the stop string
+    n = next(n for n in range(1, len(a.token_ids) + 1) if stop in decode(a.token_ids[:n]))
+    assert c.token_ids == a.token_ids[:n] and c.log_probs == pytest.approx(a.log_probs[:n], abs=1e-5)
+
+
+def test_stop_token_ids_end_generation(server):
     prompt = server.tokenizer.encode("Doc 1 (Title: X)")
     a = gen(server, prompt, temperature=0, max_tokens=20)
-    b = gen(server, prompt, temperature=0, max_tokens=20)
-    assert a.token_ids == b.token_ids
-    text = server.tokenizer.decode(a.token_ids)
-    stop = text[3:6]  # a stop string the greedy output is known to contain
-    c = gen(server, prompt, temperature=0, max_tokens=20, stop=[stop])
-    ctext = server.tokenizer.decode(c.token_ids)
-    assert stop in ctext and len(c.token_ids) < len(a.token_ids) or ctext.endswith(stop)
-    assert ctext.find(stop) + len(stop) > len(server.tokenizer.decode(c.token_ids[:-1]))  # nothing after its token
+    stop_id = a.token_ids[6]
+    c = gen(server, prompt, temperature=0, max_tokens=20, stop_token_ids=[stop_id])
+    assert c.token_ids == a.token_ids[: a.token_ids.index(stop_id) + 1]

@@ -170,7 +170,7 @@ def test_cli_builds_the_demo_corpus_with_bm25(tmp_path: Path) -> None:
     manifest = json.loads(done.stdout)
     lines = sum(1 for line in demo_corpus_path().open() if line.strip())
     assert (manifest["backend"], manifest["passages"]) == ("bm25", lines)
-    assert len(BM25Retriever.load(out).passages) == lines
+    assert len(BM25Retriever(index_dir=out).passages) == lines
 
 
 def test_cli_builds_a_dense_index(

@@ -24,10 +24,12 @@ def total_loss(actor_cfg, loss_mode, agg_mode, mask, old_lp, lp, ref_lp, adv, en
 
 
 @pytest.fixture(scope="module")
-def actor_cfg(verl_config, tiny_model_dir):
+def actor_cfg(tiny_model_dir):
     from verl.utils.config import omega_conf_to_dataclass
 
-    cfg = verl_config(
+    from research_plugin.demo import compose_verl_config
+
+    cfg = compose_verl_config(
         [f"actor_rollout_ref.model.path={tiny_model_dir}", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1"]
     )
     return omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)

@@ -397,14 +397,14 @@ def test_bm25_load_from_index_dir_alone(tmp_path: Path, corpus_path: Path, bm25:
     corpus.write_bytes(corpus_path.read_bytes())
     BM25Retriever(corpus, index_dir=tmp_path / "index")
     corpus.unlink()
-    loaded = BM25Retriever.load(tmp_path / "index")
+    loaded = BM25Retriever(index_dir=tmp_path / "index")
     assert loaded.loaded_from_index and loaded.passages == bm25.passages
     assert direct(loaded, QUERIES, 3) == direct(bm25, QUERIES, 3)
     with pytest.raises(FileNotFoundError):
-        BM25Retriever.load(tmp_path)
+        BM25Retriever(index_dir=tmp_path)
     (tmp_path / "manifest.json").write_text('{"format": 99}')
     with pytest.raises(ValueError, match="format"):
-        BM25Retriever.load(tmp_path)
+        BM25Retriever(index_dir=tmp_path)
 
 
 def test_cli_serve_demo_subprocess() -> None:

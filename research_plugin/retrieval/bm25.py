@@ -79,14 +79,6 @@ class BM25Retriever(Retriever):
         if index_path is not None:
             self._save(index_path, {**manifest, "passages": len(self.passages)})
 
-    @classmethod
-    def load(cls, index_dir: str | Path) -> BM25Retriever:
-        """Memory-map an index that ``BM25Retriever(corpus, index_dir=...)`` saved, without needing the corpus.
-
-        Raises ``ValueError`` when ``index_dir`` holds no complete index (``OSError`` when it cannot be read).
-        """
-        return cls(index_dir=index_dir)
-
     def _load_saved(self, index_path: Path) -> None:
         manifest = json.loads((index_path / _MANIFEST).read_text())
         if (
