@@ -1,19 +1,22 @@
 #!/usr/bin/env python
 """Retrieval-server benchmark: our batching server vs the raw backend vs a per-request server, in one run.
 
-On a deterministic synthetic corpus (Zipf-distributed pseudo-words, ~100 words a passage, titled) it builds one
-BM25 index (cached under ``--work-dir``), then measures throughput and p50/p99 latency at each concurrency for
+On a deterministic synthetic corpus (Zipf-distributed pseudo-words, ~100 words a passage, titled) it builds, with
+research_plugin's own index builder, a BM25 index and/or a dense one (the bundled MiniLM encoder + faiss flat inner
+product), cached under ``--work-dir``. For each backend it measures throughput and p50/p99 latency at each
+concurrency for
 
-  (a) ours      ``create_app`` (default batching, result cache off), uvicorn in its own process;
-  (b) backend   ``BM25Retriever.search`` called in-process in batches (the ceiling), in its own process;
-  (c) baseline  a FastAPI sync endpoint calling the backend once per request in the threadpool, own process;
+  (a)  ours         ``create_app`` (default batching, result cache off), uvicorn in its own process;
+  (a') ours-pN      the same with ``search_processes=N`` (searching in N worker processes);
+  (b)  backend      the backend's ``search`` called in-process in batches (the ceiling), in its own process;
+  (c)  baseline     a FastAPI sync endpoint calling the backend once per request in the threadpool, own process;
 
 with an aiohttp load client (N coroutines, one Search-R1 ``/retrieve`` query per request, distinct queries) in the
 main process. Every cell is bounded in time and in request count. It prints a table and the target ratios, and
-writes JSON (``--out``) and, when matplotlib is installed, a PNG next to it.
+writes JSON per backend (``--out-dir``/retrieval-<backend>[-quick].json) and, with matplotlib, a PNG next to it.
 
-    python bench/retrieval.py --quick          # smoke run: 20k passages, 3 s cells
-    python bench/retrieval.py                  # 100k passages, 10 s cells
+    python bench/retrieval.py --quick                    # smoke run: 20k passages, 3 s cells, both backends
+    python bench/retrieval.py --backend bm25             # 100k passages, 10 s cells, ours-p1 and ours-p2 too
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ VOCAB_SIZE = 50_000
 ZIPF_S = 1.07
 FORMAT = 1  # bump when the corpus generator changes, so cached corpora are not reused
 
+BACKENDS = ("bm25", "dense")
+DENSE_ENCODER = "minilm"  # the bundled offline all-MiniLM-L6-v2
+
 TARGET_AB = 0.9
 TARGET_AC = 5.0
 RATIO_CONCURRENCY = 64
@@ -88,9 +94,14 @@ def _vocabulary(rng: np.random.Generator, size: int) -> list[str]:
     return list(words)
 
 
-def _paths(work_dir: Path, passages: int, seed: int) -> tuple[Path, Path, Path]:
+def _paths(work_dir: Path, passages: int, seed: int) -> tuple[Path, Path]:
     tag = f"p{passages}-s{seed}-v{FORMAT}"
-    return work_dir / f"corpus-{tag}.jsonl", work_dir / f"queries-{tag}.jsonl", work_dir / f"index-{tag}"
+    return work_dir / f"corpus-{tag}.jsonl", work_dir / f"queries-{tag}.jsonl"
+
+
+def _index_dir(work_dir: Path, backend: str, passages: int, seed: int, passage_tokens: int) -> Path:
+    settings = f"-{DENSE_ENCODER}-t{passage_tokens}" if backend == "dense" else ""
+    return work_dir / f"index-{backend}{settings}-p{passages}-s{seed}-v{FORMAT}"
 
 
 def generate_corpus(corpus_path: Path, queries_path: Path, passages: int, seed: int) -> None:
@@ -166,21 +177,39 @@ def _ticker(desc: str) -> Iterator[None]:
         bar.close()
 
 
-def build_index(corpus_path: Path, index_dir: Path) -> dict[str, Any]:
-    """Build the BM25 index into ``index_dir`` once; a later run memory-maps it (the manifest must match)."""
-    from research_plugin.retrieval import BM25Retriever
+def build_index(backend: str, corpus_path: Path, index_dir: Path, passage_tokens: int) -> dict[str, Any]:
+    """Build ``backend``'s index of the corpus into ``index_dir`` with research_plugin's index builder, once: the
+    builder moves a finished index into place atomically, so a folder with a manifest is complete and is reused.
+    Dense passages are embedded up to ``passage_tokens`` word pieces (the one-time build dominates a run on a few
+    cores; a query's cost, encoding it and scanning every vector, does not depend on it)."""
+    from research_plugin.retrieval.index_builder import build_index as build
 
     start = time.perf_counter()
-    with _ticker(f"bm25 index ({'load' if (index_dir / 'manifest.json').exists() else 'build'})"):
-        retriever = BM25Retriever(corpus_path, index_dir=index_dir)
-    info = {
-        "passages": len(retriever.passages),
-        "loaded_from_cache": retriever.loaded_from_index,
+    manifest_path = index_dir / "manifest.json"
+    cached = manifest_path.exists()
+    if not cached:
+        if backend == "dense":
+            from research_plugin.retrieval.dense import Encoder
+
+            encoder = Encoder(DENSE_ENCODER)
+            encoder.model.max_seq_length = passage_tokens
+            build(corpus_path, index_dir, backend="dense", encoder=encoder, index_type="Flat", shard_size=10_000)
+        else:
+            with _ticker("bm25 index"):  # bm25s's own steps show no progress here
+                build(corpus_path, index_dir, backend="bm25")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("backend", "bm25") != backend:
+        raise RuntimeError(f"{index_dir} holds a {manifest.get('backend')} index, not {backend}")
+    gc.collect()
+    info: dict[str, Any] = {
+        "backend": backend,
+        "passages": manifest["passages"],
+        "loaded_from_cache": cached,
         "seconds": round(time.perf_counter() - start, 2),
         "index_dir": _shown(index_dir),
     }
-    del retriever
-    gc.collect()
+    if backend == "dense":
+        info.update(encoder=manifest["encoder"]["name"], factory=manifest["factory"], passage_tokens=passage_tokens)
     return info
 
 
@@ -188,11 +217,15 @@ def build_index(corpus_path: Path, index_dir: Path) -> dict[str, Any]:
 # servers (each in its own spawned process)
 
 
-def _ours_app(index_dir: str) -> Any:
-    from research_plugin.retrieval import BM25Retriever
+def _ours_app(spec: dict[str, Any], search_processes: int) -> Any:
+    from functools import partial
+
+    from research_plugin.retrieval import build_retriever
     from research_plugin.retrieval.server import create_app
 
-    return create_app(lambda: BM25Retriever(index_dir=index_dir), index_id=index_dir, cache_size=0)
+    return create_app(
+        partial(build_retriever, spec), index_id=spec["index_dir"], cache_size=0, search_processes=search_processes
+    )
 
 
 class RetrieveRequest(BaseModel):
@@ -203,17 +236,17 @@ class RetrieveRequest(BaseModel):
     return_scores: bool = False
 
 
-def _baseline_app(index_dir: str) -> Any:
+def _baseline_app(spec: dict[str, Any]) -> Any:
     """The common design: a sync FastAPI endpoint (so FastAPI runs it in its threadpool) that searches the backend
     once per request. Same response shape and JSONResponse as ours, so only the request handling differs."""
-    from research_plugin.retrieval import BM25Retriever
+    from research_plugin.retrieval import build_retriever
 
-    retriever = BM25Retriever(index_dir=index_dir)
+    retriever: Any = build_retriever(spec)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.post("/retrieve")
     def retrieve(req: RetrieveRequest) -> JSONResponse:
-        # the backend's synchronous search (what BM25Retriever.search runs in a thread), one request at a time
+        # the backend's synchronous search (what its async search runs in a thread), one request at a time
         found = retriever._search_sync(req.queries, req.topk or TOP_K)
         docs = [[{"id": p.id, "contents": p.contents} for p in r.passages] for r in found]
         return JSONResponse({"result": docs})
@@ -245,7 +278,7 @@ def _trivial_app() -> Any:
     return app
 
 
-def _server_main(kind: str, index_dir: str, port: int) -> None:
+def _server_main(kind: str, spec: dict[str, Any], port: int, search_processes: int) -> None:
     import uvicorn
     from tqdm.std import tqdm as std_tqdm
 
@@ -253,9 +286,8 @@ def _server_main(kind: str, index_dir: str, port: int) -> None:
     # leaks (a resource_tracker warning) when uvicorn ends by re-raising SIGTERM: a thread lock is enough here
     std_tqdm.set_lock(threading.RLock())
     logging.basicConfig(level=logging.WARNING)
-    app = {"ours": lambda: _ours_app(index_dir), "baseline": lambda: _baseline_app(index_dir), "trivial": _trivial_app}[
-        kind
-    ]()
+    makers = {"ours": lambda: _ours_app(spec, search_processes), "baseline": lambda: _baseline_app(spec)}
+    app = makers.get(kind, _trivial_app)()
     uvicorn.run(app, host=HOST, port=port, log_level="warning", access_log=False)
 
 
@@ -266,17 +298,22 @@ def _free_port() -> int:
 
 
 class Server:
-    """A uvicorn server in a spawned process; ``with Server(...) as url:`` waits until ``/health`` is 200."""
+    """A uvicorn server in a spawned process (not a daemon: it may start search processes of its own);
+    ``with Server(...) as server:`` waits until ``/health`` is 200."""
 
-    def __init__(self, kind: str, index_dir: Path | None, start_timeout: float = 180.0) -> None:
-        self.kind, self.index_dir, self.start_timeout = kind, str(index_dir or ""), start_timeout
+    def __init__(
+        self, kind: str, spec: dict[str, Any] | None, search_processes: int = 0, start_timeout: float = 300.0
+    ) -> None:
+        self.kind, self.spec, self.search_processes = kind, spec or {}, search_processes
+        self.start_timeout = start_timeout
         self.port = _free_port()
         self.base = f"http://{HOST}:{self.port}"
         self.proc: mp.process.BaseProcess | None = None
 
     def __enter__(self) -> Server:
         ctx = mp.get_context("spawn")
-        self.proc = ctx.Process(target=_server_main, args=(self.kind, self.index_dir, self.port), daemon=True)
+        args = (self.kind, self.spec, self.port, self.search_processes)
+        self.proc = ctx.Process(target=_server_main, args=args, daemon=False)
         self.proc.start()
         asyncio.run(self._wait_healthy())
         return self
@@ -298,12 +335,17 @@ class Server:
         raise RuntimeError(f"{self.kind} server not healthy after {self.start_timeout} s")
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process so far (all its threads)."""
+        """User + system CPU time so far of the server process (all its threads) and its search processes."""
         import psutil
 
         assert self.proc is not None and self.proc.pid is not None
-        t = psutil.Process(self.proc.pid).cpu_times()
-        return float(t.user + t.system)
+        main = psutil.Process(self.proc.pid)
+        total = 0.0
+        for proc in [main, *main.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                t = proc.cpu_times()
+                total += t.user + t.system
+        return total
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.is_alive():
@@ -531,11 +573,11 @@ def run_server_cells(
 
 
 def _backend_main(
-    index_dir: str, queries: list[tuple[str, str]], batch_sizes: list[int], duration: float, spot: int
+    spec: dict[str, Any], queries: list[tuple[str, str]], batch_sizes: list[int], duration: float, spot: int
 ) -> dict[str, Any]:
-    from research_plugin.retrieval import BM25Retriever
+    from research_plugin.retrieval import build_retriever
 
-    retriever = BM25Retriever(index_dir=index_dir)
+    retriever = build_retriever(spec)
 
     async def go() -> dict[str, Any]:
         texts = [q for q, _ in queries]
@@ -581,12 +623,12 @@ def _backend_main(
 
 
 def run_backend(
-    index_dir: Path, queries: list[tuple[str, str]], batch_sizes: list[int], duration: float, spot: int
+    spec: dict[str, Any], queries: list[tuple[str, str]], batch_sizes: list[int], duration: float, spot: int
 ) -> dict[str, Any]:
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-        return pool.submit(_backend_main, str(index_dir), queries, batch_sizes, duration, spot).result()
+        return pool.submit(_backend_main, spec, queries, batch_sizes, duration, spot).result()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -595,6 +637,15 @@ def run_backend(
 
 def _fmt(v: Any, spec: str = ".1f") -> str:
     return "-" if v is None else format(v, spec)
+
+
+def _label(system: str) -> str:
+    if system == "ours":
+        return "(a) ours"
+    if system.startswith("ours-p"):
+        n = int(system.removeprefix("ours-p"))
+        return f"(a') ours, {n} search process{'es' if n > 1 else ''}"
+    return "(c) per-request baseline"
 
 
 def print_table(summary: dict[str, Any]) -> None:
@@ -620,7 +671,7 @@ def print_table(summary: dict[str, Any]) -> None:
         )
     print()
     for r in summary["ratios"]:
-        print(f"{r['name']:<44} {_fmt(r['value'], '.3g'):>8}   target {r['target']:<6} {r['verdict']}")
+        print(f"{r['name']:<52} {_fmt(r['value'], '.3g'):>8}   target {r['target']:<6} {r['verdict']}")
 
 
 def make_plot(summary: dict[str, Any], path: Path) -> str:
@@ -632,9 +683,11 @@ def make_plot(summary: dict[str, Any], path: Path) -> str:
     except ImportError:
         return "matplotlib is not installed: skipping the plot"
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for system, style, label in (("ours", "o-", "(a) ours"), ("baseline", "s--", "(c) per-request baseline")):
+    systems = list(dict.fromkeys(r["system"] for r in summary["servers"]))
+    for system in systems:
         rows = [r for r in summary["servers"] if r["system"] == system]
-        ax.plot([r["concurrency"] for r in rows], [r["qps"] for r in rows], style, label=label)
+        style = "s--" if system == "baseline" else ("o-" if system == "ours" else "^-")
+        ax.plot([r["concurrency"] for r in rows], [r["qps"] for r in rows], style, label=_label(system))
     for b, ls in zip(summary["backend"]["batches"].values(), (":", "-.", "--", (0, (1, 3)))):
         ax.axhline(b["qps"], color="gray", linestyle=ls, label=f"(b) backend in-process, batch {b['batch']}")
     ax.set_xscale("log", base=2)
@@ -642,10 +695,11 @@ def make_plot(summary: dict[str, Any], path: Path) -> str:
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.set_xlabel("concurrent clients")
     ax.set_ylabel("queries / s")
-    ax.set_title(f"BM25 /retrieve, {summary['config']['passages']:,} passages, {os.cpu_count()} cores")
+    what = "BM25" if summary["index"]["backend"] == "bm25" else "dense (MiniLM + faiss Flat IP)"
+    ax.set_title(f"{what} /retrieve, {summary['corpus']['passages']:,} passages, {os.cpu_count()} cores")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -654,56 +708,65 @@ def make_plot(summary: dict[str, Any], path: Path) -> str:
 
 
 def _ratios(servers: list[dict[str, Any]], backend: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, for each configuration of our server measured."""
+
     def qps(system: str, n: int) -> float | None:
         return next((r["qps"] for r in servers if r["system"] == system and r["concurrency"] == n), None)
 
     def verdict(value: float | None, ok: bool) -> str:
         return "n/a (not measured)" if value is None else ("PASS" if ok else "FAIL")
 
-    a, c = qps("ours", RATIO_CONCURRENCY), qps("baseline", RATIO_CONCURRENCY)
-    b = backend["batches"].get(str(RATIO_CONCURRENCY), {}).get("qps")
-    b_best = max((x["qps"] for x in backend["batches"].values()), default=None)
-    ab = a / b if a is not None and b else None
-    ab_best = a / b_best if a is not None and b_best else None
-    ac = a / c if a is not None and c else None
-    errs = next(
-        (r["errors"] for r in servers if r["system"] == "ours" and r["concurrency"] == ERRORS_CONCURRENCY), None
-    )
     n = RATIO_CONCURRENCY
-    return [
-        {
-            "name": f"(a)/(b) at {n} clients (b = batch {n})",
-            "value": ab,
-            "target": f">={TARGET_AB}",
-            "verdict": verdict(ab, ab is not None and ab >= TARGET_AB),
-        },
-        {
-            "name": f"(a)/(b best batch) at {n} clients",
-            "value": ab_best,
-            "target": f">={TARGET_AB}",
-            "verdict": verdict(ab_best, ab_best is not None and ab_best >= TARGET_AB),
-        },
-        {
-            "name": f"(a)/(c) at {n} clients",
-            "value": ac,
-            "target": f">={TARGET_AC:g}",
-            "verdict": verdict(ac, ac is not None and ac >= TARGET_AC),
-        },
-        {
-            "name": f"(a) errors at {ERRORS_CONCURRENCY} clients",
-            "value": errs,
-            "target": "0",
-            "verdict": verdict(errs, errs == 0),
-        },
-    ]
+    c = qps("baseline", n)
+    b = backend["batches"].get(str(n), {}).get("qps")
+    b_best = max((x["qps"] for x in backend["batches"].values()), default=None)
+    out = []
+    for system in dict.fromkeys(r["system"] for r in servers if r["system"] != "baseline"):
+        a = qps(system, n)
+        ab = a / b if a is not None and b else None
+        ab_best = a / b_best if a is not None and b_best else None
+        ac = a / c if a is not None and c else None
+        errs = next(
+            (r["errors"] for r in servers if r["system"] == system and r["concurrency"] == ERRORS_CONCURRENCY), None
+        )
+        out += [
+            {
+                "name": f"{system}: (a)/(b) at {n} clients (b = batch {n})",
+                "value": ab,
+                "target": f">={TARGET_AB}",
+                "verdict": verdict(ab, ab is not None and ab >= TARGET_AB),
+            },
+            {
+                "name": f"{system}: (a)/(b best batch) at {n} clients",
+                "value": ab_best,
+                "target": f">={TARGET_AB}",
+                "verdict": verdict(ab_best, ab_best is not None and ab_best >= TARGET_AB),
+            },
+            {
+                "name": f"{system}: (a)/(c) at {n} clients",
+                "value": ac,
+                "target": f">={TARGET_AC:g}",
+                "verdict": verdict(ac, ac is not None and ac >= TARGET_AC),
+            },
+            {
+                "name": f"{system}: errors at {ERRORS_CONCURRENCY} clients",
+                "value": errs,
+                "target": "0",
+                "verdict": verdict(errs, errs == 0),
+            },
+        ]
+    return out
 
 
-def _environment() -> dict[str, Any]:
+def _environment(backends: list[str]) -> dict[str, Any]:
     import importlib.metadata as md
     import importlib.util
 
+    packages = ["fastapi", "starlette", "uvicorn", "aiohttp", "numpy", "pydantic"]
+    packages += ["bm25s"] if "bm25" in backends else []
+    packages += ["faiss-cpu", "faiss-gpu", "torch", "sentence-transformers"] if "dense" in backends else []
     versions = {}
-    for pkg in ("bm25s", "fastapi", "starlette", "uvicorn", "aiohttp", "numpy", "pydantic"):
+    for pkg in packages:
         with contextlib.suppress(md.PackageNotFoundError):
             versions[pkg] = md.version(pkg)
     return {
@@ -714,6 +777,7 @@ def _environment() -> dict[str, Any]:
         # without these uvicorn falls back to the asyncio loop and the pure-Python h11 parser
         "uvloop": importlib.util.find_spec("uvloop") is not None,
         "httptools": importlib.util.find_spec("httptools") is not None,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     }
 
 
@@ -722,24 +786,32 @@ def _environment() -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backend", choices=[*BACKENDS, "both"], default="both", help="index to measure (default both)")
     p.add_argument("--passages", type=int, help="corpus size (default 100000; 20000 with --quick)")
     p.add_argument("--duration", type=float, help="seconds measured per cell (default 10; 3 with --quick)")
     p.add_argument("--warmup", type=float, help="seconds of unmeasured load before each cell (default 1; 0.5 quick)")
     p.add_argument("--concurrency", default="1,16,64,256", help="comma-separated client counts")
     p.add_argument("--batch-sizes", default="1,64,256", help="backend batch sizes for (b)")
     p.add_argument("--max-requests", type=int, default=200_000, help="cap on requests per cell")
-    p.add_argument("--systems", default="ours,baseline", help="servers to load: ours, baseline")
+    p.add_argument("--systems", default="ours,procs,baseline", help="servers to load: ours, procs (ours-pN), baseline")
+    p.add_argument("--search-processes", default="1,2", help="comma-separated N: one ours-pN server each")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="OpenMP threads (torch, faiss) in every measured process (default: the libraries' own, one per core)",
+    )
+    p.add_argument("--passage-tokens", type=int, default=64, help="word pieces embedded per passage in the dense build")
     p.add_argument("--quick", action="store_true", help="smoke run: 20k passages, 3 s cells")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", type=Path, default=REPO / "bench" / ".work", help="corpus and index cache")
-    p.add_argument("--out", type=Path, help="results JSON (default bench/results/retrieval[-quick].json)")
+    p.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results", help="results JSON and PNG")
     p.add_argument("--spot", type=int, default=200, help="queries checked against their source passage")
     p.add_argument(
         "--quiet-wait", type=float, default=60.0, help="before each cell, wait up to this long for an idle machine"
     )
     args = p.parse_args(argv)
+    args.backends = list(BACKENDS) if args.backend == "both" else [args.backend]
     args.passages = args.passages or (20_000 if args.quick else 100_000)
-    args.out = args.out or REPO / "bench" / "results" / ("retrieval-quick.json" if args.quick else "retrieval.json")
     args.duration = args.duration or (3.0 if args.quick else 10.0)
     args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0)
     args.concurrency = [int(x) for x in args.concurrency.split(",") if x.strip()]
@@ -747,44 +819,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     if args.passages < 1000 or args.duration <= 0 or min(args.concurrency) < 1 or min(args.batch_sizes) < 1:
         p.error("need --passages >= 1000, --duration > 0, concurrency and batch sizes >= 1")
-    if set(args.systems) - {"ours", "baseline"}:
-        p.error("--systems takes ours and/or baseline")
+    if set(args.systems) - {"ours", "procs", "baseline"}:
+        p.error("--systems takes ours, procs and/or baseline")
+    args.search_processes = [int(x) for x in args.search_processes.split(",") if x.strip()]
+    if (
+        min(args.search_processes, default=1) < 1
+        or args.passage_tokens < 8
+        or (args.threads is not None and args.threads < 1)
+    ):
+        p.error("need --search-processes >= 1, --passage-tokens >= 8 and --threads >= 1")
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    started = time.time()
-    env = _environment()
-    print(
-        f"python {env['python']}, {env['cpus']} CPUs, uvloop={env['uvloop']}, httptools={env['httptools']}, "
-        f"{' '.join(f'{k} {v}' for k, v in env['versions'].items())}"
-    )
-
-    corpus_path, queries_path, index_dir = _paths(args.work_dir, args.passages, args.seed)
-    if corpus_path.exists() and queries_path.exists():
-        print(f"corpus: reusing {corpus_path}")
-    else:
-        generate_corpus(corpus_path, queries_path, args.passages, args.seed)
-    build = build_index(corpus_path, index_dir)
-    print(
-        f"index: {build['passages']} passages, {'loaded from cache' if build['loaded_from_cache'] else 'built'} "
-        f"in {build['seconds']} s ({index_dir})"
-    )
-    queries = load_queries(queries_path)
-    print(f"queries: {len(queries)} distinct ({QUERY_WORDS} words each, from known passages)")
-
-    print("(b) backend, in-process batches:")
-    spot = min(args.spot, len(queries) // 4)
-    wait_quiet(args.quiet_wait)
-    backend = run_backend(index_dir, queries, args.batch_sizes, args.duration, spot)
-    spot_ids = backend["spot"].pop("ids")
-    s = backend["spot"]
-    print(f"  spot check: source passage ranked 1st for {s['top1']}/{s['n']}, in top {TOP_K} for {s['top3']}/{s['n']}")
-
-    gc.collect()
-    gc.freeze()  # the load client's heap is stable from here: keep collections short
-
+def measure_client(queries: list[tuple[str, str]], args: argparse.Namespace) -> dict[str, Any]:
+    """The load client's own cost, against a trivial FastAPI endpoint (no search)."""
     print("client overhead, against a trivial FastAPI endpoint (no search):")
     trivial_n = RATIO_CONCURRENCY if RATIO_CONCURRENCY in args.concurrency else max(args.concurrency)
     with Server("trivial", None) as server:
@@ -805,19 +853,51 @@ def main(argv: list[str] | None = None) -> int:
         f"  -> client {client_us} us CPU/request (one client core saturates at ~{1e6 / max(1.0, client_us):.0f} "
         f"req/s); server HTTP stack {client['server_cpu_us_per_req']} us CPU/request"
     )
+    return client
 
-    # each system reads the query list from its own offset, so (a) and (c) search different, distinct queries
+
+def run_one_backend(
+    backend_name: str,
+    build: dict[str, Any],
+    corpus_path: Path,
+    queries: list[tuple[str, str]],
+    client: dict[str, Any],
+    env: dict[str, Any],
+    args: argparse.Namespace,
+) -> Path:
+    """Measure (b), then each server, over the index ``build`` describes; write and return the JSON."""
+    started = time.time()
+    print(f"\n=== {backend_name} ===")
+    index_dir = _index_dir(args.work_dir, backend_name, args.passages, args.seed, args.passage_tokens)
+    print(
+        f"index: {build['passages']} passages, {'cached' if build['loaded_from_cache'] else 'built'} "
+        f"in {build['seconds']} s ({index_dir})"
+    )
+    spec = {"type": backend_name, "index_dir": str(index_dir)}
+
+    print("(b) backend, in-process batches:")
+    spot = min(args.spot, len(queries) // 4)
+    wait_quiet(args.quiet_wait)
+    backend = run_backend(spec, queries, args.batch_sizes, args.duration, spot)
+    spot_ids = backend["spot"].pop("ids")
+    s = backend["spot"]
+    print(f"  spot check: source passage ranked 1st for {s['top1']}/{s['n']}, in top {TOP_K} for {s['top3']}/{s['n']}")
+
+    systems = [
+        y for x in args.systems for y in ([f"ours-p{n}" for n in args.search_processes] if x == "procs" else [x])
+    ]
     servers: list[Cell] = []
     spot_check: dict[str, Any] = {}
-    for i, system in enumerate(args.systems):
-        label = {"ours": "(a) ours, create_app (cache off)", "baseline": "(c) per-request baseline"}[system]
-        print(f"{label}:")
-        with Server(system, index_dir) as server:
+    for i, system in enumerate(systems):
+        processes = int(system.removeprefix("ours-p")) if system.startswith("ours-p") else 0
+        print(f"{_label(system)}:")
+        with Server("baseline" if system == "baseline" else "ours", spec, processes) as server:
             got = asyncio.run(_retrieve_ids(server.base + "/retrieve", [q for q, _ in queries[:20]]))
             same = sum(1 for x, y in zip(got, spot_ids[:20]) if x == y)
             spot_check[system] = {"n": len(got), "same_as_backend": same}
             print(f"  spot check: {same}/{len(got)} answers identical to the in-process backend's")
-            feed = QueryFeed(queries, start=spot + (i + 1) * len(queries) // (len(args.systems) + 1))
+            # each system reads the query list from its own offset, so the systems search different, distinct queries
+            feed = QueryFeed(queries, start=spot + (i + 1) * len(queries) // (len(systems) + 1))
             servers += run_server_cells(
                 server,
                 system,
@@ -826,7 +906,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.duration,
                 args.warmup,
                 args.max_requests,
-                with_metrics=system == "ours",
+                with_metrics=system != "baseline",
                 quiet_wait=args.quiet_wait,
             )
 
@@ -852,11 +932,49 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": round(time.time() - started, 1),
     }
     print_table(summary)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"\nresults: {args.out}")
-    print(make_plot(summary, args.out.with_suffix(".png")))
-    print(f"wall time {summary['wall_s']} s")
+    out = args.out_dir / f"retrieval-{backend_name}{'-quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"\nresults: {out}")
+    print(make_plot(summary, out.with_suffix(".png")))
+    print(f"{backend_name}: wall time {summary['wall_s']} s")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.time()
+    if args.threads is not None:  # inherited by every spawned server, backend and search process
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
+    env = _environment(args.backends)
+    print(
+        f"python {env['python']}, {env['cpus']} CPUs, uvloop={env['uvloop']}, httptools={env['httptools']}, "
+        f"{' '.join(f'{k} {v}' for k, v in env['versions'].items())}"
+    )
+
+    corpus_path, queries_path = _paths(args.work_dir, args.passages, args.seed)
+    if corpus_path.exists() and queries_path.exists():
+        print(f"corpus: reusing {corpus_path}")
+    else:
+        generate_corpus(corpus_path, queries_path, args.passages, args.seed)
+    queries = load_queries(queries_path)
+    print(f"queries: {len(queries)} distinct ({QUERY_WORDS} words each, from known passages)")
+    builds = {  # every index first: the builds are the long, unmeasured part
+        name: build_index(
+            name,
+            corpus_path,
+            _index_dir(args.work_dir, name, args.passages, args.seed, args.passage_tokens),
+            args.passage_tokens,
+        )
+        for name in args.backends
+    }
+
+    gc.collect()
+    gc.freeze()  # the load client's heap is stable from here: keep collections short
+    client = measure_client(queries, args)
+    for backend_name in args.backends:
+        run_one_backend(backend_name, builds[backend_name], corpus_path, queries, client, env, args)
+    print(f"\nwall time {round(time.time() - started, 1)} s")
     return 0
 
 

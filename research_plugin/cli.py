@@ -59,9 +59,29 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def retriever_spec(value: str) -> dict | str:
+    """A retriever spec from a command-line value: 'demo', an http(s):// URL, a jsonl corpus (BM25) or a saved index
+    folder (its manifest names the backend that loads it; a bare pyserini / Anserini index is served by lucene)."""
+    import json
+    from pathlib import Path
+
+    from .retrieval.lucene import is_lucene_index
+
+    if value == "demo" or value.startswith(("http://", "https://")):
+        return value
+    path = Path(value)
+    if is_lucene_index(path) and not (path / "manifest.json").exists():
+        return {"type": "lucene", "index_dir": str(path)}
+    if path.is_dir():
+        backend = json.loads((path / "manifest.json").read_text()).get("backend", "bm25")
+        return {"type": backend, "index_dir": str(path)}
+    if path.is_file():
+        return {"type": "bm25", "corpus": str(path)}
+    raise ValueError(f"a retriever must be 'demo', an http(s):// URL, a jsonl corpus or an index folder, not {value!r}")
+
+
 def cmd_serve(args) -> int:
     """Serve an index over HTTP (Search-R1 and FlashRAG APIs) with cross-request batching and a result cache."""
-    import json
     import logging
     import os
     from functools import partial
@@ -74,15 +94,17 @@ def cmd_serve(args) -> int:
 
     index = Path(args.index)
     try:
-        if index.is_dir():  # a saved index: its manifest names the backend that loads it
-            backend = json.loads((index / "manifest.json").read_text()).get("backend", "bm25")
-            spec: dict | str = {"type": backend, "index_dir": str(index)}
-        elif index.is_file():
-            spec = {"type": "bm25", "corpus": str(index)}
-        elif args.index == "demo":
-            spec = "demo"
-        else:
+        if args.index.startswith(("http://", "https://")):
             raise ValueError(f"--index must be 'demo', a jsonl corpus or an index folder, not {args.index!r}")
+        spec = retriever_spec(args.index)
+        if isinstance(spec, dict) and spec["type"] == "lucene":
+            from .retrieval.lucene import start_pyserini
+
+            start_pyserini()  # fail here, naming what to install, rather than in the server's loader
+            if args.corpus:
+                spec["corpus"] = args.corpus
+        elif args.corpus:
+            raise ValueError("--corpus applies to a Lucene index that stores no document text")
         app = create_app(
             partial(build_retriever, spec),
             index_id="demo" if spec == "demo" else str(index.resolve()),
@@ -93,8 +115,9 @@ def cmd_serve(args) -> int:
             max_topk=args.max_topk,
             max_queries=args.max_queries,
             token=os.environ.get(args.token_env) or None,
+            search_processes=args.search_processes,
         )
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, ImportError) as e:
         print(f"serve: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -103,7 +126,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_index_build(args) -> int:
-    """Build a BM25 or dense index folder from a jsonl corpus; print its manifest."""
+    """Build a BM25, dense or Lucene index folder from a jsonl corpus; print its manifest."""
     import json
 
     from .retrieval.index_builder import build_index
@@ -119,11 +142,114 @@ def cmd_index_build(args) -> int:
             batch_size=args.batch_size,
             shard_size=args.shard_size,
         )
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, ImportError) as e:
         print(f"index build: {e}", file=sys.stderr)
         return 2
     print(json.dumps(manifest, indent=1, ensure_ascii=False))
     return 0
+
+
+def _named_input(spec: str, default_name: str) -> tuple[str, str]:
+    """``NAME=PATH`` or ``PATH`` (named ``default_name``); a path that exists as written is never split."""
+    from pathlib import Path
+
+    name, sep, path = spec.partition("=")
+    if sep and name and "/" not in name and not Path(spec).exists():
+        return name, path
+    return default_name, spec
+
+
+def cmd_prepare(args) -> int:
+    """Turn QA datasets (FlashRAG, MuSiQue, HotpotQA, 2Wiki, Bamboogle, R1-Searcher) into verl parquet rows."""
+    import json
+    from pathlib import Path
+
+    from .prepare import PrepareError, Source, prepare
+
+    named = [_named_input(spec, args.dataset) for spec in args.input]
+    weights = {}
+    try:
+        for spec in args.weight or []:
+            name, sep, value = spec.partition("=")
+            if not sep:
+                raise PrepareError(f"--weight must be NAME=WEIGHT, not {spec!r}")
+            weights[name] = float(value)
+        names = [name for name, _ in named]
+        if weights and (set(weights) != set(names) or len(set(names)) != len(names)):
+            raise PrepareError(f"--weight needs one weight per input name; inputs: {names}, weights: {sorted(weights)}")
+        report = prepare(
+            [Source(name, Path(path), weights.get(name)) for name, path in named],
+            Path(args.out),
+            split=args.split,
+            dialect=args.dialect,
+            template=args.template,
+            scheme=args.scheme,
+            fmt=args.format,
+            sample=args.sample,
+            seed=args.seed,
+            answerable_only=args.answerable_only,
+            dedupe_against=[Path(p) for p in args.dedupe_against or []],
+            max_bad=args.max_bad,
+        )
+    except (OSError, ValueError) as e:
+        print(f"prepare: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=1, ensure_ascii=False))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """Evaluate a search policy on prepared benchmark files: EM, F1, cover-EM, LLM judge, searches, recall."""
+    from .evaluation.runner import EvalSettings, run_eval
+
+    try:
+        summary = run_eval(
+            EvalSettings(
+                data=args.data,
+                model=args.model,
+                retriever=retriever_spec(args.retriever),
+                out=args.out,
+                tokenizer=args.tokenizer,
+                served_model=args.served_model,
+                prompt_as=args.prompt_as,
+                policy_key_env=args.api_key_env,
+                dialect=args.dialect,
+                scheme=args.scheme,
+                top_k=args.top_k,
+                max_searches=args.max_searches,
+                max_result_tokens=args.max_result_tokens,
+                prompt_length=args.prompt_length,
+                response_length=args.response_length,
+                temperature=args.temperature,
+                top_p=args.top_p,
+                concurrency=args.concurrency,
+                normalization=args.normalization,
+                limit=args.limit,
+                judge_endpoint=args.judge_endpoint,
+                judge_model=args.judge_model,
+                judge_key_env=args.judge_key_env,
+                judge_cache=args.judge_cache,
+                request_timeout=args.timeout,
+                max_retries=args.max_retries,
+                seed=args.seed,
+            )
+        )
+    except (OSError, ValueError) as e:
+        print(f"eval: {e}", file=sys.stderr)
+        return 2
+    return 1 if summary["failed"] else 0
+
+
+def cmd_plot(args) -> int:
+    """Draw training-dynamics PNGs from verl's console, file-logger or tensorboard logs."""
+    from .plots import plot_training
+
+    try:
+        drawn = plot_training(args.log, args.out)
+    except OSError as e:
+        print(f"plot: {e}", file=sys.stderr)
+        return 2
+    return 0 if drawn else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,7 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("serve", help="serve a retrieval index over HTTP (Search-R1 /retrieve, FlashRAG /search)")
-    p.add_argument("--index", default="demo", help="'demo', a jsonl corpus (BM25), or a saved index folder")
+    p.add_argument(
+        "--index", default="demo", help="'demo', a jsonl corpus (BM25), a saved index folder or a Lucene index"
+    )
+    p.add_argument("--corpus", help="the jsonl a Lucene index was built from, when it stores no document text")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=int, default=64, help="most queries per backend call")
@@ -168,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-topk", type=int, default=100)
     p.add_argument("--max-queries", type=int, default=512, help="most queries in one request")
     p.add_argument(
+        "--search-processes",
+        type=int,
+        default=0,
+        help="search in N worker processes, each loading the index (default 0: in the server process)",
+    )
+    p.add_argument(
         "--token-env",
         default="RESEARCH_PLUGIN_TOKEN",
         help="environment variable holding a bearer token; when set, requests must carry it",
@@ -176,9 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("index", help="build retrieval indexes")
     index_sub = p.add_subparsers(dest="index_command", required=True)
-    p = index_sub.add_parser("build", help="build a BM25 or dense (faiss) index folder from a jsonl corpus")
+    p = index_sub.add_parser("build", help="build a BM25, dense (faiss) or Lucene index folder from a jsonl corpus")
     p.add_argument("--corpus", required=True, help="'demo' or a jsonl corpus ({id, contents} or {id, title, text})")
-    p.add_argument("--backend", choices=["bm25", "dense"], default="bm25")
+    p.add_argument("--backend", choices=["bm25", "dense", "lucene"], default="bm25", help="lucene: the lucene extra")
     p.add_argument("--out", required=True, help="index folder to create (replaces an older index there)")
     p.add_argument("--encoder", default="minilm", help="'minilm' (bundled) or a sentence-transformers path / name")
     p.add_argument("--index-type", default="Flat", help="faiss index_factory string: Flat, HNSW32, IVF1024,PQ48, ...")
@@ -186,6 +321,89 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=50_000, help="passages per resumable embedding shard")
     p.add_argument("--fp16", action="store_true", help="store vectors in fp16 (Flat, HNSW, IVF...,Flat)")
     p.set_defaults(func=cmd_index_build)
+
+    from .prepare.formats import FORMATS
+    from .prepare.rows import TEMPLATES
+    from .rewards import SCHEMES
+
+    p = sub.add_parser(
+        "prepare",
+        help="turn a QA dataset (or a weighted mix of several) into verl parquet rows for the search agent",
+        description="Every input row becomes one output row unless an option filters it; bad rows are reported "
+        "with their line and counted, and nothing is written when more than --max-bad are bad.",
+    )
+    p.add_argument("dataset", help="dataset name: the rows' data_source (for inputs given without NAME=)")
+    p.add_argument(
+        "--input",
+        action="append",
+        required=True,
+        metavar="[NAME=]PATH",
+        help="input file (jsonl, JSON array, csv/tsv, parquet); repeat to combine several; NAME= sets data_source",
+    )
+    p.add_argument("--out", required=True, help="parquet file to write (replaced atomically)")
+    p.add_argument("--split", default="train", help="recorded in extra_info.split")
+    p.add_argument("--dialect", choices=sorted(DIALECTS), default="research")
+    p.add_argument("--template", choices=TEMPLATES, default="instruct", help="instruct: chat messages; base: raw text")
+    p.add_argument("--scheme", choices=sorted(SCHEMES), help="reward scheme recorded in rows (default: the dialect's)")
+    p.add_argument("--format", choices=sorted(FORMATS), help="record format (default: detected from the file)")
+    p.add_argument("--sample", type=int, metavar="N", help="keep N rows (all inputs together), drawn with --seed")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--weight",
+        action="append",
+        metavar="NAME=W",
+        help="mix named inputs in these proportions (of --sample rows, or as many as the inputs allow)",
+    )
+    p.add_argument("--answerable-only", action="store_true", help="drop rows marked answerable: false (MuSiQue)")
+    p.add_argument(
+        "--dedupe-against", action="append", metavar="EVAL", help="drop questions that appear in this eval file"
+    )
+    p.add_argument("--max-bad", default="0", help="bad rows allowed: a count or a percentage such as 1%% (default 0)")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a search policy on prepared benchmark files (EM, F1, cover-EM, LLM judge)",
+        description="Rolls every row out with the training agent loop (greedy by default) and writes rows.jsonl, "
+        "summary.json and results.md into --out; a rerun into the same --out skips the rows already done.",
+    )
+    p.add_argument("--data", nargs="+", required=True, help="parquet files made by `research-plugin prepare`")
+    p.add_argument(
+        "--model", required=True, help="OpenAI-compatible completions endpoint (vLLM, SGLang) or local HF model folder"
+    )
+    p.add_argument("--retriever", default="demo", help="'demo', a /retrieve URL, a jsonl corpus or an index folder")
+    p.add_argument("--out", required=True, help="results folder")
+    p.add_argument("--tokenizer", help="for an endpoint: local folder with the served model's config and tokenizer")
+    p.add_argument("--served-model", help="for an endpoint: the model name to request (default: the first listed)")
+    p.add_argument("--prompt-as", choices=["ids", "text"], default="ids", help="send prompts as token ids or text")
+    p.add_argument("--api-key-env", help="environment variable holding the endpoint's API key, if it needs one")
+    p.add_argument("--dialect", choices=sorted(DIALECTS), default="research", help="for rows that name none")
+    p.add_argument("--scheme", choices=sorted(SCHEMES), default="research", help="reward scheme of the reward column")
+    p.add_argument("--top-k", type=int, default=5, help="passages per search")
+    p.add_argument("--max-searches", type=int, default=8)
+    p.add_argument("--max-result-tokens", type=int, default=512)
+    p.add_argument("--prompt-length", type=int, default=2048, help="longer prompts are left-truncated")
+    p.add_argument("--response-length", type=int, default=8192, help="token budget of a whole trajectory")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--concurrency", type=int, default=8, help="rows (and judge requests) in flight at once")
+    p.add_argument("--normalization", choices=["squad", "space"], default="squad", help="answer normalisation")
+    p.add_argument("--limit", type=int, help="evaluate only the first N rows of each file")
+    p.add_argument("--judge-endpoint", help="OpenAI-compatible chat endpoint of the LLM judge (e.g. .../v1)")
+    p.add_argument("--judge-model", help="model name of the LLM judge")
+    p.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the judge's key")
+    p.add_argument("--judge-cache", help="verdict cache folder (default: OUT/judge_cache)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per policy request")
+    p.add_argument("--max-retries", type=int, default=3, help="retries of a failed policy or judge request")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("plot", help="PNGs of reward, response length and searches over training steps")
+    p.add_argument(
+        "--log", nargs="+", required=True, help="verl console logs, file-logger jsonl, tensorboard dirs, or folders"
+    )
+    p.add_argument("--out", required=True, help="folder for the PNGs")
+    p.set_defaults(func=cmd_plot)
     return parser
 
 

@@ -1,15 +1,15 @@
-"""The embedded-default job: search-agent rollouts through verl's own AgentLoopWorker and reward loop on CPU.
+"""``research-plugin demo``: search-agent rollouts through verl's own AgentLoopWorker and reward loop on CPU.
 
 Questions come from the bundled two-hop set, retrieval is in-process BM25 over the bundled corpus, the policy
-is a local HF model (by default a tiny random Qwen2 built on first use: it shows the plumbing, not skill).
+is a local HF model (by default the bundled tiny Qwen2, format-warmed-up: it shows the plumbing, not skill).
 Every trajectory is printed with its retrieved blocks marked as masked, followed by the reward parts.
+The training job is ``recipes/tiny_cpu_grpo.yaml`` under verl's launcher.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from pathlib import Path
 
@@ -17,10 +17,6 @@ import numpy as np
 
 from .data import demo_questions_path
 from .prompts import chat_messages
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("RESEARCH_PLUGIN_CACHE", Path.home() / ".cache" / "research_plugin"))
 
 
 class LocalActor:
@@ -110,10 +106,10 @@ def run_demo(
 ) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .assets import demo_model
     from .hf_generation import HFGenerationServer
-    from .tiny_model import build_tiny_model
 
-    model_dir = Path(model) if model else build_tiny_model(cache_dir() / "tiny-qwen2")
+    model_dir = Path(model or demo_model())
     rows = load_questions(n)
     config = trainer_config(
         model_dir,

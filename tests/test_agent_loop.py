@@ -30,12 +30,17 @@ class HFServer(HFGenerationServer):
         self.script = script
         self.calls = []  # the sampling params of every generate call
 
-    def propose(self, prompt_ids, max_tokens, params):
-        self.calls.append({"params": dict(params)})
-        scripted = self.script(self.tokenizer.decode(prompt_ids)) if self.script else None
-        if scripted is None:
-            return super().propose(prompt_ids, max_tokens, params)
-        return self.tokenizer.encode(scripted, add_special_tokens=False), None  # log-probs: scored by the model
+    def propose_batch(self, requests):
+        out, unscripted = [], []
+        for r in requests:
+            self.calls.append({"params": dict(r.params)})
+            scripted = self.script(self.tokenizer.decode(r.prompt_ids)) if self.script else None
+            # scripted text is scored by the model (log-probs None), the rest is sampled
+            out.append(None if scripted is None else (self.tokenizer.encode(scripted, add_special_tokens=False), None))
+            if scripted is None:
+                unscripted.append(r)
+        sampled = iter(super().propose_batch(unscripted) if unscripted else [])
+        return [o if o is not None else next(sampled) for o in out]
 
 
 def response_so_far(prompt_text: str) -> str:

@@ -38,12 +38,12 @@ def test_search_prints_the_result_block():
     assert lines[1].startswith("Doc 1 (Title: Orvell Glassworks") and lines[2].startswith("Doc 2 ")
 
 
-def test_demo_job_runs_through_verl(tmp_path):
-    out = cli("demo", "-n", "2", "--response-length", "48", env={"RESEARCH_PLUGIN_CACHE": str(tmp_path)})
+def test_demo_job_runs_through_verl(tmp_path, tiny_model_dir):
+    # the default policy (the warmed-up tiny model) is what the main-job test trains; here any HF model will do
+    out = cli("demo", "-n", "2", "--response-length", "48", "--model", str(tiny_model_dir))
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("=== [demo-q") == 2
     summary = json.loads(re.search(r"\n(\{\n.*\})\s*$", out.stdout, re.S).group(1))
     assert summary["questions"] == 2
     assert 0 < summary["response_tokens_mean"] <= 48
     assert {"reward_mean", "f1_mean", "format_rate", "searches_per_trajectory", "masked_share"} <= set(summary)
-    assert (tmp_path / "tiny-qwen2" / "config.json").exists()  # built once, cached for the next run

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +47,62 @@ def test_stop_token_ids_end_generation(server):
     stop_id = a.token_ids[6]
     c = gen(server, prompt, temperature=0, max_tokens=20, stop_token_ids=[stop_id])
     assert c.token_ids == a.token_ids[: a.token_ids.index(stop_id) + 1]
+
+
+def test_concurrent_requests_are_decoded_in_one_batch_with_the_same_results(server):
+    tok = server.tokenizer
+    prompts = [tok.encode(t) for t in ("Where is Keddle?", "Doc 1 (Title: X) a longer prompt here", "Who")]
+    params = [dict(temperature=0, max_tokens=n, logprobs=True) for n in (15, 9, 12)]
+    alone = [gen(server, p, **kw) for p, kw in zip(prompts, params)]
+
+    async def together():
+        return await asyncio.gather(
+            *[
+                server.generate(str(i), prompt_ids=p, sampling_params=kw)
+                for i, (p, kw) in enumerate(zip(prompts, params))
+            ]
+        )
+
+    before = len(server.batch_sizes)
+    batched = asyncio.run(together())
+    assert max(server.batch_sizes[before:]) > 1  # at least two requests shared a forward pass
+    for a, b, kw in zip(alone, batched, params):
+        # left padding changes nothing: same greedy tokens, same log-probs, each row's own max_tokens
+        assert b.token_ids == a.token_ids and len(b.token_ids) <= kw["max_tokens"]
+        assert b.log_probs == pytest.approx(a.log_probs, abs=1e-4)
+
+
+def test_load_weights_changes_what_is_generated(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from research_plugin.hf_generation import HFGenerationServer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    srv = HFGenerationServer(model, AutoTokenizer.from_pretrained(tiny_model_dir))
+    prompt = srv.tokenizer.encode("Where is Keddle?")
+    before = gen(srv, prompt, temperature=0, max_tokens=8, logprobs=True)
+    new = {k: v + 0.5 * torch.randn_like(v) for k, v in model.state_dict().items()}
+    assert srv.load_weights(new.items()) == len(new)
+    after = gen(srv, prompt, temperature=0, max_tokens=8, logprobs=True)
+    assert after.log_probs != pytest.approx(before.log_probs, abs=1e-3)
+    assert srv._logprobs(prompt, after.token_ids) == pytest.approx(after.log_probs, abs=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["processed_logprobs", "raw_logprobs"])
+def test_logprobs_follow_the_logprobs_mode(tiny_model_dir, mode):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from research_plugin.hf_generation import HFGenerationServer
+
+    srv = HFGenerationServer(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir),
+        logprobs_mode=mode,
+    )  # fmt: skip
+    prompt = srv.tokenizer.encode("Where is Keddle?")
+    out = gen(srv, prompt, temperature=0.5, max_tokens=10, logprobs=True)
+    ids = torch.tensor([prompt + out.token_ids])
+    with torch.no_grad():
+        logits = srv.model(ids).logits[0, len(prompt) - 1 : -1]
+    scale = 0.5 if mode == "processed_logprobs" else 1.0  # processed: the tempered distribution sampled from
+    want = torch.log_softmax(logits / scale, -1).gather(-1, torch.tensor(out.token_ids)[:, None])[:, 0]
+    assert out.log_probs == pytest.approx(want.tolist(), abs=1e-4)

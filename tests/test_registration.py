@@ -14,8 +14,20 @@ from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
 import hydra.utils
 entry = _agent_loop_registry.get("search_agent")
 cls = hydra.utils.get_class(entry["_target_"]) if entry else None
+from verl.plugin.platform.platform_manager import PlatformRegistry
+from verl.workers.rollout.base import _ROLLOUT_REGISTRY
+from verl.workers.rollout.replica import RolloutReplicaRegistry
+from verl.trainer.ppo.v1 import trainer_base
+import verl.utils.distributed as dist
+import verl.workers.engine_workers as engine_workers
 print(json.dumps({"entry": entry, "cls": cls.__name__ if cls else None,
-                  "base": [b.__name__ for b in cls.__mro__] if cls else []}))
+                  "base": [b.__name__ for b in cls.__mro__] if cls else [],
+                  "platform": getattr(PlatformRegistry.get("cpu"), "__name__", None),
+                  "replica": "hf" in RolloutReplicaRegistry._registry,
+                  "rollout": _ROLLOUT_REGISTRY.get(("hf", "async")),
+                  "trainers": sorted(k for k in trainer_base.TRAINER_REGISTRY if k.startswith("search_")),
+                  "pg_hook": [getattr(m.initialize_global_process_group_ray, "research_plugin_cpu", False)
+                              for m in (dist, engine_workers)]}))
 """
 
 
@@ -38,5 +50,16 @@ def test_import_verl_registers_search_agent():
     assert "AgentLoopBase" in got["base"]
 
 
+def test_import_verl_registers_cpu_platform_hf_rollout_and_trainer_modes():
+    got = probe(VERL_USE_EXTERNAL_PLUGINS="auto")
+    assert got["platform"] == "PlatformCPU"
+    assert got["replica"] and got["rollout"] == "research_plugin.hf_rollout.HFServerAdapter"
+    assert got["trainers"] == ["search_colocate_async", "search_separate_async", "search_sync"]
+    # verl's process-group helper is hooked, also where a verl module bound it by name
+    assert got["pg_hook"] == [True, True]
+
+
 def test_registration_comes_from_the_entry_point():
-    assert probe(VERL_USE_EXTERNAL_PLUGINS="none")["entry"] is None
+    got = probe(VERL_USE_EXTERNAL_PLUGINS="none")
+    assert got["entry"] is None and got["platform"] is None and not got["replica"] and got["trainers"] == []
+    assert got["pg_hook"] == [False, False]

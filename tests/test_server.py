@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import multiprocessing
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -389,6 +392,57 @@ def test_app_rejects_inconsistent_limits(bm25: BM25Retriever) -> None:
         create_app(bm25, index_id="t", max_queue=8, max_queries=16)
 
 
+# ---------------------------------------------------------------- search processes
+
+
+def search_workers() -> list[multiprocessing.process.BaseProcess]:
+    return [p for p in multiprocessing.active_children() if p.name == "search-worker"]
+
+
+def test_search_processes_answer_like_the_in_process_index(corpus_path: Path, bm25: BM25Retriever) -> None:
+    app = create_app(partial(BM25Retriever, corpus_path), index_id="t", cache_size=0, search_processes=2)
+    with serve(app) as base:
+        assert get(base + "/health")[2] == {"status": "ok", "index": "t", "passages": len(TOPICS)}
+        assert len(search_workers()) == 2
+        payloads = [{"queries": [q], "topk": 2, "return_scores": True} for q in QUERIES]
+        replies = post_concurrently(base + "/retrieve", payloads)
+        flashrag = ok(base + "/batch_search", {"query": QUERIES[:4], "top_n": 3})
+        metrics = get(base + "/metrics")[2]
+    expected = direct(bm25, QUERIES, 2)
+    assert [status for status, _, _ in replies] == [200] * len(QUERIES)
+    for (_, _, body), result in zip(replies, expected):
+        (row,) = body["result"]
+        assert [e["document"] for e in row] == docs(result) and [e["score"] for e in row] == [
+            p.score for p in result.passages
+        ]
+    assert flashrag == [docs(r) for r in direct(bm25, QUERIES[:4], 3)]
+    assert metrics["search_processes"] == {"processes": 2, "ready": 2, "restarts": 0}
+    assert metrics["batches"]["queries"] == len(QUERIES) + 4 and metrics["batches"]["backend_failures"] == 0
+    wait_until(lambda: not search_workers(), timeout=10)  # stopped with the server
+
+
+def test_a_killed_search_process_is_replaced(corpus_path: Path) -> None:
+    app = create_app(partial(BM25Retriever, corpus_path), index_id="t", cache_size=0, search_processes=1)
+    with serve(app) as base:
+        assert ok(base + "/search", {"query": QUERIES[1], "top_n": 1})[0]["id"] == "doc1"
+        (worker,) = search_workers()
+        os.kill(worker.pid, signal.SIGKILL)
+        restarted = {"processes": 1, "ready": 1, "restarts": 1}
+        wait_until(lambda: get(base + "/metrics")[2]["search_processes"] == restarted, timeout=60, step=0.1)
+        assert [w.pid for w in search_workers()] != [worker.pid]
+        assert ok(base + "/search", {"query": QUERIES[2], "top_n": 1})[0]["id"] == "doc2"
+
+
+def test_search_processes_that_cannot_load_report_why(tmp_path: Path, bm25: BM25Retriever) -> None:
+    missing = tmp_path / "missing.jsonl"
+    with serve(create_app(partial(BM25Retriever, missing), index_id="x", search_processes=1), wait_ready=False) as base:
+        wait_until(lambda: get(base + "/health")[2]["status"] != "loading", timeout=60, step=0.1)
+        status, _, body = get(base + "/health")
+        assert (status, body["status"]) == (503, "failed") and "missing.jsonl" in body["error"]
+    with pytest.raises(ValueError, match="picklable"):
+        create_app(bm25, index_id="t", search_processes=2)
+
+
 # ---------------------------------------------------------------- saved indexes and the command line
 
 
@@ -450,6 +504,7 @@ def test_cli_serve_wires_index_folder_limits_and_token(
     monkeypatch.setenv("MY_TOKEN", "tok")
     BM25Retriever(corpus_path, index_dir=tmp_path / "index")
     argv = ["serve", "--index", str(tmp_path / "index"), "--port", "9", "--max-topk", "5", "--token-env", "MY_TOKEN"]
+    argv += ["--search-processes", "1"]
     assert main(argv) == 0
     ((app, host, port),) = launched
     assert (host, port) == ("127.0.0.1", 9)
@@ -460,6 +515,7 @@ def test_cli_serve_wires_index_folder_limits_and_token(
         assert post(base + "/search", {"query": QUERIES[5], "top_n": 5})[0] == 401
         assert post(base + "/search", {"query": QUERIES[5], "top_n": 6}, auth)[0] == 422
         assert post(base + "/search", {"query": QUERIES[5], "top_n": 5}, auth)[2][0]["id"] == "doc5"
+        assert get(base + "/metrics", auth)[2]["search_processes"] == {"processes": 1, "ready": 1, "restarts": 0}
 
     assert main(["serve", "--index", str(tmp_path / "missing.jsonl")]) == 2
     assert main(["serve", "--index", str(tmp_path)]) == 2  # a folder without a manifest

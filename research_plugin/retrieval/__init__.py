@@ -1,7 +1,8 @@
 """Retrieval backends for the search tool, built from small specs.
 
 Specs: ``{"type": "bm25", "corpus": "demo" | path, "index_dir": ...}``, ``{"type": "dense", "index_dir": ...}`` (a
-folder ``research-plugin index build`` made), ``{"type": "http", "url": ..., ...}``; the
+folder ``research-plugin index build`` made), ``{"type": "lucene", "index_dir": ..., "k1": 0.9, "b": 0.4}`` (any
+pyserini / Anserini index; ``"corpus": path`` when it stores no text), ``{"type": "http", "url": ..., ...}``; the
 string ``"demo"`` is bm25 over the bundled corpus and an ``http(s)://`` string is an HTTP client for that endpoint.
 A new backend is one entry in :data:`RETRIEVER_TYPES` (the other spec keys become its keyword arguments).
 """
@@ -39,6 +40,13 @@ def _dense(**options: Any) -> Retriever:
     return DenseRetriever(**options)
 
 
+def _lucene(**options: Any) -> Retriever:
+    """``LuceneRetriever``, imported on use: it needs the ``lucene`` extra (pyserini, a Java 21 runtime)."""
+    from .lucene import LuceneRetriever
+
+    return LuceneRetriever(**options)
+
+
 def _ray(**options: Any) -> Retriever:
     """``RayActorRetriever``, imported on use: a client of one index actor shared across a Ray cluster."""
     from .ray_backend import RayActorRetriever
@@ -57,6 +65,7 @@ RETRIEVER_TYPES: dict[str, Callable[..., Retriever]] = {
     "bm25": BM25Retriever,
     "http": HTTPRetriever,
     "dense": _dense,
+    "lucene": _lucene,
     "ray": _ray,
     "web": _web,
 }

@@ -2,10 +2,12 @@
 
 Every query of every request becomes one pending item keyed by its normalised text and ``top_k``. A single
 batcher task takes what is pending (up to ``max_batch``) as soon as the backend is free, so queries that arrive
-during a search form the next batch; ``batch_window_s`` optionally waits for more. The backend is called once
-for the distinct queries of a batch at the batch's largest ``top_k``, and each item's answer is cut to its own
-``top_k``. Identical queries are searched once: a cached answer is returned at once, and a query already queued
-or being searched is joined rather than queued again.
+during a search form the next batch; ``batch_window_s`` optionally waits for more. The backend counts as free
+while fewer than ``max_in_flight`` batches are being searched (1 for an in-process index; more for one that
+searches several batches at once, such as a pool of search processes). The backend is called once for the distinct
+queries of a batch at the batch's largest ``top_k``, and each item's answer is cut to its own ``top_k``. Identical
+queries are searched once: a cached answer is returned at once, and a query already queued or being searched is
+joined rather than queued again.
 """
 
 from __future__ import annotations
@@ -74,9 +76,12 @@ class Batcher:
         batch_window_s: float = 0.0,
         max_queue: int = 1024,
         cache_size: int = 100_000,
+        max_in_flight: int = 1,
     ) -> None:
-        if max_batch < 1 or max_queue < 1 or batch_window_s < 0 or cache_size < 0:
-            raise ValueError("need max_batch >= 1, max_queue >= 1, batch_window_s >= 0 and cache_size >= 0")
+        if max_batch < 1 or max_queue < 1 or batch_window_s < 0 or cache_size < 0 or max_in_flight < 1:
+            raise ValueError(
+                "need max_batch >= 1, max_queue >= 1, batch_window_s >= 0, cache_size >= 0 and max_in_flight >= 1"
+            )
         self.retriever = retriever
         self.index_id = index_id
         self.max_batch = max_batch
@@ -88,7 +93,9 @@ class Batcher:
         self._in_flight: dict[_Key, asyncio.Future[tuple[Passage, ...]]] = {}
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
+        self._slots = asyncio.Semaphore(max_in_flight)
         self._task: asyncio.Task[None] | None = None
+        self._searches: set[asyncio.Task[None]] = set()
 
     @property
     def queue_depth(self) -> int:
@@ -105,10 +112,11 @@ class Batcher:
 
     async def stop(self) -> None:
         """Stop the batcher task; requests still waiting fail with :class:`BackendError`."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in [self._task, *self._searches]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for future in self._in_flight.values():
             if not future.done():
                 future.set_exception(BackendError("server is shutting down"))
@@ -144,13 +152,18 @@ class Batcher:
             if len(self._pending) >= self.max_batch:
                 self._full.set()
         # shield: a request that goes away must not cancel a search other requests share
-        answers = await asyncio.gather(*(asyncio.shield(f) for f in waits.values()))
-        found.update(zip(waits, answers))
+        if len(waits) == 1:  # the common single-query request, without gather's extra futures
+            ((key, future),) = waits.items()
+            found[key] = await asyncio.shield(future)
+        elif waits:
+            answers = await asyncio.gather(*(asyncio.shield(f) for f in waits.values()))
+            found.update(zip(waits, answers))
         return [found[key] for key in keys]
 
     async def _run(self) -> None:
         while True:
             await self._arrived.wait()
+            await self._slots.acquire()
             if self.batch_window_s > 0 and len(self._pending) < self.max_batch:
                 self._full.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -158,9 +171,17 @@ class Batcher:
             batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
             if not self._pending:
                 self._arrived.clear()
-            await self._search_batch(batch)
+            search = asyncio.get_running_loop().create_task(self._search_batch(batch))
+            self._searches.add(search)
+            search.add_done_callback(self._searches.discard)
 
     async def _search_batch(self, batch: list[_Item]) -> None:
+        try:
+            await self._search_and_answer(batch)
+        finally:
+            self._slots.release()
+
+    async def _search_and_answer(self, batch: list[_Item]) -> None:
         queries = list(dict.fromkeys(item.key.query for item in batch))
         self.stats.batches += 1
         self.stats.sizes[len(queries)] += 1

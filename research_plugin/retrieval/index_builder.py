@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     from .dense import Encoder
 
-BACKENDS = ("bm25", "dense")
+BACKENDS = ("bm25", "dense", "lucene")
 MANIFEST = "manifest.json"
 TRAIN_SAMPLE = 200_000
 """At most this many embeddings train an index that needs training (IVF, PQ)."""
@@ -55,7 +55,8 @@ def build_index(
 
     Dense options: ``encoder`` (an :class:`~research_plugin.retrieval.dense.Encoder`, ``"minilm"``, or a
     sentence-transformers path / name), faiss ``index_type`` (``Flat``, ``HNSW32``, ``IVF1024,PQ48``, ... any
-    ``index_factory`` string), ``fp16`` vector storage, encoding ``batch_size`` and ``shard_size``. An existing
+    ``index_factory`` string), ``fp16`` vector storage, encoding ``batch_size`` and ``shard_size``. A ``lucene``
+    index (pyserini, the ``lucene`` extra) is a plain Lucene index in ``out`` next to the manifest. An existing
     ``out`` is replaced only if it holds an index (a ``manifest.json``).
     """
     if backend not in BACKENDS:
@@ -75,12 +76,18 @@ def build_index(
         factory = factory_string(index_type, fp16)  # fails fast on a bad combination
         if not isinstance(encoder, Encoder):
             encoder = Encoder(encoder)
+    if backend == "lucene":
+        from .lucene import start_pyserini
+
+        start_pyserini()  # fails fast, naming what to install
     stat = corpus.stat()
     sha256, lines = _digest(corpus, progress)
     work = out.with_name(out.name + ".work")
     with _staged(out) as tmp:
         if backend == "bm25":
             manifest, settings = _build_bm25(corpus, tmp)
+        elif backend == "lucene":
+            manifest, settings = _build_lucene(corpus, tmp, lines, progress)
         else:
             manifest, settings = _build_dense(
                 corpus,
@@ -118,6 +125,16 @@ def _build_bm25(corpus: Path, tmp: Path) -> tuple[dict[str, Any], dict[str, Any]
         raise RuntimeError(f"bm25: the index could not be saved to {tmp} (see the log)")
     manifest: dict[str, Any] = json.loads((tmp / MANIFEST).read_text())
     return manifest, {k: manifest[k] for k in ("format", "stemmer", "stopwords")}
+
+
+def _build_lucene(corpus: Path, tmp: Path, lines: int, progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A Lucene index of the corpus rows as ``{"id", "contents"}`` JSON, stored raw (Anserini's defaults otherwise)."""
+    from .lucene import LUCENE_FORMAT_VERSION, index_passages
+
+    with tqdm(total=lines, desc="index", unit="passage", disable=not progress) as bar:
+        count = index_passages(iter_corpus(corpus), tmp, threads=os.cpu_count() or 1, bar=bar)
+    settings = {"format": LUCENE_FORMAT_VERSION, "analyzer": "anserini-english-porter", "stored": "raw"}
+    return {**settings, "passages": count}, settings
 
 
 def _build_dense(
@@ -262,6 +279,10 @@ def _versions(backend: str) -> dict[str, str]:
     import research_plugin
 
     versions = {"python": platform.python_version(), "research_plugin": research_plugin.__version__}
+    if backend == "lucene":
+        from .lucene import runtime_versions
+
+        return {**versions, **runtime_versions()}
     modules = ["numpy", "bm25s"] if backend == "bm25" else ["numpy", "faiss", "sentence_transformers", "torch"]
     for name in modules:
         versions[name] = __import__(name).__version__

@@ -1,0 +1,149 @@
+"""Search-agent rollouts of evaluation rows through verl's own ``AgentLoopWorker`` and ``RewardLoopWorker``,
+in-process: the loop training runs, with validation sampling (greedy unless asked otherwise). Each row is its own
+call, at most ``concurrency`` at a time, so finished rows are handed back as they finish."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..demo import LocalActor, trainer_config
+from .data import EvalRow
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """One finished rollout, decoded."""
+
+    response: str
+    """The whole response with its result blocks, decoded as verl's reward manager decodes it."""
+    retrieved: list[str]
+    """The lines of text the loop inserted (masked tokens): passages and notices."""
+    dialect: str
+    reward: float
+    """The training reward of the configured scheme, from verl's reward loop."""
+    num_searches: int
+    num_failed_searches: int
+    num_invalid_queries: int
+    retrieved_tokens: int
+    response_tokens: int
+    generated_tokens: int
+    """Response tokens the policy wrote itself (``response_mask`` 1)."""
+
+
+def eval_config(
+    model_dir: Path,
+    *,
+    search_agent: dict[str, Any],
+    response_length: int,
+    prompt_length: int,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    scheme: str,
+):
+    """verl's trainer config for evaluation rollouts: validation sampling params, no log-probs, our loop settings."""
+    from omegaconf import open_dict
+
+    config = trainer_config(model_dir, response_length=response_length, scheme=scheme)
+    with open_dict(config):
+        rollout = config.actor_rollout_ref.rollout
+        rollout.prompt_length = prompt_length
+        rollout.calculate_log_probs = False
+        rollout.val_kwargs.temperature = temperature
+        rollout.val_kwargs.top_p = top_p
+        rollout.val_kwargs.top_k = top_k
+        config.search_agent = search_agent
+    return config
+
+
+def _objects(value: Any) -> np.ndarray:
+    arr = np.empty(1, dtype=object)
+    arr[0] = value
+    return arr
+
+
+def _batch(row: EvalRow):
+    """A one-row verl batch, as verl's RL dataset would hand the row to the agent loop in validation."""
+    import torch
+    from verl.protocol import DataProto
+
+    return DataProto.from_dict(
+        tensors={"index": torch.zeros(1, dtype=torch.long)},
+        non_tensors={
+            "raw_prompt": _objects(row.prompt),
+            "agent_name": _objects("search_agent"),
+            "data_source": _objects(row.data_source),
+            "reward_model": _objects({"style": "rule", "ground_truth": row.golds}),
+            "extra_info": _objects(row.extra_info),
+        },
+        meta_info={"validate": True},
+    )
+
+
+def _trajectory(out, tokenizer, response_length: int) -> Trajectory:
+    valid = out.batch["attention_mask"][0, -response_length:].bool()
+    ids = out.batch["responses"][0][valid].tolist()
+    mask = out.batch["response_mask"][0][valid].tolist()
+    spans, start = [], 0
+    for j in range(1, len(ids) + 1):
+        if j == len(ids) or mask[j] != mask[start]:
+            if mask[start] == 0:
+                spans.append(tokenizer.decode(ids[start:j], skip_special_tokens=True))
+            start = j
+    nt = out.non_tensor_batch
+    return Trajectory(
+        response=tokenizer.decode(ids, skip_special_tokens=True),
+        retrieved=[line.strip() for span in spans for line in span.splitlines() if line.strip()],
+        dialect=str(nt["dialect"][0]),
+        reward=float(nt["score"][0]),
+        num_searches=int(nt["num_searches"][0]),
+        num_failed_searches=int(nt["num_failed_searches"][0]),
+        num_invalid_queries=int(nt["num_invalid_queries"][0]),
+        retrieved_tokens=int(nt["retrieved_tokens"][0]),
+        response_tokens=len(ids),
+        generated_tokens=int(sum(mask)),
+    )
+
+
+Done = Callable[[EvalRow, Trajectory | None, str | None], None]
+"""Called once per row with its trajectory, or with None and the error that stopped the row."""
+
+
+def run_rollouts(config, server: Any, rows: list[EvalRow], *, concurrency: int, on_done: Done) -> None:
+    """Roll out every row (at most ``concurrency`` at once); a row that raises is reported, the others go on."""
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+    from verl.experimental.reward_loop import RewardLoopWorker
+
+    from .policy import close_policy
+
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    response_length = int(config.actor_rollout_ref.rollout.response_length)
+
+    async def go() -> None:  # verl objects capture the running event loop: build them inside it
+        reward = LocalActor(RewardLoopWorker(config))
+        worker = AgentLoopWorker(config, server, reward_loop_worker_handles=[reward])
+        limit = asyncio.Semaphore(concurrency)
+
+        async def one(row: EvalRow) -> None:
+            async with limit:
+                try:
+                    out = await worker.generate_sequences(_batch(row))
+                    traj = _trajectory(out, worker.tokenizer, response_length)
+                except Exception as e:  # recorded for this row; the run goes on
+                    on_done(row, None, f"{type(e).__name__}: {e}"[:500])
+                else:
+                    on_done(row, traj, None)
+
+        try:
+            await asyncio.gather(*(one(row) for row in rows))
+        finally:
+            await close_policy(server)
+
+    asyncio.run(go())

@@ -1,0 +1,92 @@
+"""verl dataset rows for the search agent, and the parquet file that holds them (written atomically).
+
+The prompt is built by :mod:`research_plugin.prompts`, the same functions the rest of the package uses:
+``instruct`` rows carry chat messages (system rules + the question), ``base`` rows carry the raw base-model
+template as the content of one user message (verl's dataset wants a message list) with
+``extra_info.template = "base"``, which makes the agent loop feed that text to the model as it is.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..prompts import base_prompt, chat_messages
+from .formats import QAExample
+
+TEMPLATES = ("instruct", "base")
+ABILITY = "fact-reasoning"
+AGENT_NAME = "search_agent"
+
+SCHEMA = pa.schema(
+    [
+        ("data_source", pa.string()),
+        ("prompt", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+        ("ability", pa.string()),
+        ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.list_(pa.string()))])),
+        (
+            "extra_info",
+            pa.struct(
+                [
+                    ("split", pa.string()),
+                    ("index", pa.int64()),
+                    ("id", pa.string()),
+                    ("question", pa.string()),
+                    ("dialect", pa.string()),
+                    ("scheme", pa.string()),
+                    ("template", pa.string()),
+                ]
+            ),
+        ),
+        ("agent_name", pa.string()),
+    ]
+)
+
+
+def prompt_messages(question: str, dialect: str, template: str) -> list[dict[str, str]]:
+    """The ``prompt`` column of one row."""
+    if template == "instruct":
+        return chat_messages(question, dialect)
+    if template == "base":
+        return [{"role": "user", "content": base_prompt(question, dialect)}]
+    raise ValueError(f"template must be one of {TEMPLATES}, not {template!r}")
+
+
+def build_row(
+    ex: QAExample, *, data_source: str, index: int, split: str, dialect: str, scheme: str, template: str
+) -> dict[str, Any]:
+    """One verl row; ``ex.id`` must be set."""
+    return {
+        "data_source": data_source,
+        "prompt": prompt_messages(ex.question, dialect, template),
+        "ability": ABILITY,
+        "reward_model": {"style": "rule", "ground_truth": list(ex.answers)},
+        "extra_info": {
+            "split": split,
+            "index": index,
+            "id": ex.id,
+            "question": ex.question,
+            "dialect": dialect,
+            "scheme": scheme,
+            "template": template,
+        },
+        "agent_name": AGENT_NAME,
+    }
+
+
+def write_parquet(rows: Sequence[dict[str, Any]], out: Path) -> None:
+    """Write ``rows`` to ``out`` through a temporary file in the same folder, renamed into place when complete."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(list(rows), schema=SCHEMA)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
