@@ -67,6 +67,7 @@ MODULES = {
     "research_plugin.retrieval.bm25": f"{SEARCH}.retrieval.bm25",
     "research_plugin.retrieval.http_client": f"{SEARCH}.retrieval.http_client",
     "research_plugin.retrieval.http_util": f"{SEARCH}.retrieval.http_util",
+    "research_plugin.http_retry": f"{SEARCH}.retrieval.http_retry",
 }
 """Plugin module -> upstream module, for the modules shipped upstream (moved, with rewritten imports)."""
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from typing import Any
 
 import ray
@@ -63,8 +62,6 @@ class HFRolloutServer:
             logprobs_mode=config.logprobs_mode or "processed_logprobs",
         )
         self.engine.extra_fields["global_steps"] = 0
-        self.awake = True
-        self.weight_updates: list[dict] = []  # {"global_steps", "tensors", "seconds"} per update
 
     def _max_tokens(self, prompt_len: int, params: dict) -> int:
         """The budget as verl's vLLM server computes it: the request's ``max_tokens`` or the response length."""
@@ -95,7 +92,6 @@ class HFRolloutServer:
 
     # -- weights ------------------------------------------------------------------------------------------------
     def update_weights(self, named_tensors: dict[str, torch.Tensor], global_steps: int | None = None) -> int:
-        start = time.perf_counter()
         loaded = self.engine.load_weights(named_tensors.items())
         if loaded != len(named_tensors):
             missing = sorted(set(named_tensors) - set(self.engine.model.state_dict()))[:5]
@@ -104,23 +100,17 @@ class HFRolloutServer:
             )
         if global_steps is not None:
             self.set_global_steps(global_steps)
-        self.weight_updates.append(
-            {"global_steps": global_steps, "tensors": loaded, "seconds": round(time.perf_counter() - start, 3)}
-        )
         return loaded
 
     def set_global_steps(self, global_steps: int) -> None:
         self.engine.extra_fields["global_steps"] = int(global_steps)
 
-    def get_weight_updates(self) -> list[dict]:
-        return list(self.weight_updates)
-
     # -- lifecycle hooks verl calls on every server (CPU memory is not released between phases) ------------------
     async def wake_up(self, tags: list[str] | None = None):
-        self.awake = True
+        return None  # weights and KV cache stay in CPU memory between phases
 
     async def sleep(self):
-        self.awake = False
+        return None
 
     async def abort_all_requests(self, reject_request: bool = False):
         self.engine.abort()

@@ -41,11 +41,9 @@ def probe(**env) -> dict:
 
 
 @pytest.mark.parametrize("selection", [{"VERL_PLATFORM": "cpu"}, {}], ids=["VERL_PLATFORM=cpu", "auto-detected"])
-def test_cpu_platform_trains_with_gloo_and_the_fsdp_engine(selection):
-    env = dict(selection)
-    if not selection:
-        os.environ.pop("VERL_PLATFORM", None)
-    got = probe(**env)
+def test_cpu_platform_trains_with_gloo_and_the_fsdp_engine(selection, monkeypatch):
+    monkeypatch.delenv("VERL_PLATFORM", raising=False)  # auto-detection unless the case sets it
+    got = probe(**selection)
     assert got["device"] == "cpu" and got["backend"] == "gloo" and got["device_id"] == "cpu"
     assert got["resource"] == "GPU"  # Ray's logical slots for verl's trainer processes
     assert got["pg_backend"] in ("gloo", "cpu:gloo") and got["all_reduce"] == [1.0, 1.0]

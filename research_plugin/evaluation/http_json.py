@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import random
 from typing import Any
 
 import aiohttp
+
+from ..http_retry import RequestFailed, request_with_retries
+
+__all__ = ["RequestFailed", "api_url", "post_json"]
 
 
 def api_url(base: str, path: str) -> str:
@@ -22,10 +24,6 @@ def api_url(base: str, path: str) -> str:
     return f"{base}/{path}"
 
 
-class RequestFailed(Exception):
-    """A request that failed for good; the message says why and after how many attempts."""
-
-
 async def post_json(
     session: aiohttp.ClientSession,
     url: str,
@@ -36,31 +34,20 @@ async def post_json(
     backoff: float = 1.0,
     max_backoff: float = 30.0,
 ) -> Any:
-    """The decoded JSON answer to a 200 response.
-
-    Connection errors, timeouts (the session's), 429 and 5xx are retried up to ``max_retries`` times with
-    exponential backoff and jitter; other statuses and bodies that are not JSON fail at once.
-    """
-    error, attempt = "", 0
-    for attempt in range(1, max_retries + 2):
-        if attempt > 1:
-            await asyncio.sleep(min(max_backoff, backoff * 2 ** (attempt - 2)) * random.uniform(0.5, 1.0))
-        try:
-            async with session.post(url, json=payload, headers=headers) as resp:
-                status, body = resp.status, await resp.read()
-        except asyncio.TimeoutError:
-            error, retry = "timed out", True
-        except (aiohttp.ClientError, OSError) as e:
-            error, retry = f"{type(e).__name__}: {e}", True
-        else:
-            if status == 200:
-                try:
-                    return json.loads(body)
-                except ValueError as e:
-                    error, retry = f"response is not JSON: {e}", False
-            else:
-                text = body.decode("utf-8", "replace").strip()
-                error, retry = f"HTTP {status}: {text[:300]}", status == 429 or status >= 500
-        if not retry:
-            break
-    raise RequestFailed(f"POST {url}: {error} (after {attempt} attempt{'s' if attempt > 1 else ''})")
+    """The decoded JSON answer to a 200 response, with the package's retry policy
+    (:func:`research_plugin.http_retry.request_with_retries`); error messages carry the start of the server's body."""
+    try:
+        return await request_with_retries(
+            session,
+            "POST",
+            url,
+            json.loads,
+            max_retries=max_retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            show_body=True,
+            json=payload,
+            headers=headers,
+        )
+    except RequestFailed as e:
+        raise RequestFailed(f"POST {url}: {e}") from None

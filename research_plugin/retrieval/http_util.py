@@ -4,25 +4,18 @@ with per-attempt timeouts and bounded retries whose failures end as a :class:`Re
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import logging
-import random
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
 
+from ..http_retry import RequestFailed, request_with_retries
 from .base import Retriever
-
-logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-
-class RequestFailed(Exception):
-    """A request that failed for good; the message (secrets removed) says why and after how many attempts."""
+__all__ = ["RemoteRetriever", "RequestFailed"]
 
 
 @dataclass
@@ -35,9 +28,8 @@ class _LoopSession:
 class RemoteRetriever(Retriever):
     """Base of retrievers that make HTTP requests, with per-attempt timeouts and bounded retries.
 
-    Connection errors, timeouts, 5xx and 429 are retried up to ``max_retries`` times with exponential backoff and
-    jitter (``Retry-After`` is honoured, capped by ``max_backoff``); other 4xx are not, nor are malformed responses
-    unless asked. Each ``secrets`` string is masked in every error message and log line.
+    Retries follow ``http_retry.request_with_retries``. Each ``secrets`` string is masked in every error message and
+    log line.
     Each event loop gets its own ``ClientSession``, closed by :meth:`close` or when that loop shuts down.
     """
 
@@ -64,51 +56,26 @@ class RemoteRetriever(Retriever):
     async def _request(
         self, method: str, url: str, parse: Callable[[bytes], T], *, retry_malformed: bool = False, **kwargs: Any
     ) -> T:
-        """``parse`` of the body of a 200 answer to ``method url`` (``kwargs`` go to aiohttp's ``request``).
-
-        ``parse`` raises ``ValueError`` / ``TypeError`` for a malformed body. Raises :class:`RequestFailed` once
-        the attempts are spent or the failure is not worth retrying.
-        """
-        error, attempts = "", 0
-        retry_after: float | None = None
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                await asyncio.sleep(self._delay(attempt, retry_after))
-            attempts, retry_after = attempt + 1, None
-            try:
-                async with self._session().request(method, url, **kwargs) as resp:
-                    status, reason, body = resp.status, resp.reason or "", await resp.read()
-                    retry_after = _retry_after(resp.headers.get("Retry-After"))
-            except asyncio.TimeoutError:
-                error, retryable = f"timed out after {self.timeout:g}s", True
-            except (aiohttp.ClientError, OSError) as e:
-                error, retryable = f"{type(e).__name__}: {e}", True
-            else:
-                if status == 200:
-                    try:
-                        return parse(body)
-                    except (ValueError, TypeError) as e:
-                        error, retryable = f"malformed response: {e}", retry_malformed
-                else:
-                    error, retryable = f"HTTP {status} {reason}".strip(), status == 429 or status >= 500
-            error = _short(self._redact(error))
-            if not retryable:
-                break
-            logger.debug("%s: attempt %d failed: %s", self.describe(), attempts, error)
-        error = f"{error} (after {attempts} attempt{'s' if attempts > 1 else ''})"
-        logger.warning("%s: giving up: %s", self.describe(), error)
-        raise RequestFailed(error)
+        """``parse`` of the body of a 200 answer to ``method url``, with this retriever's retry policy
+        (``http_retry.request_with_retries``)."""
+        return await request_with_retries(
+            self._session(),
+            method,
+            url,
+            parse,
+            max_retries=self.max_retries,
+            backoff=self.backoff,
+            max_backoff=self.max_backoff,
+            retry_malformed=retry_malformed,
+            redact=self._redact,
+            label=self.describe(),
+            **kwargs,
+        )
 
     def _redact(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
-
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        """Seconds to wait before retry number ``attempt`` (1-based)."""
-        if retry_after is not None:
-            return min(retry_after, self.max_backoff)
-        return min(self.max_backoff, self.backoff * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.0)
 
     def _session(self) -> aiohttp.ClientSession:
         """The session of the running event loop, made on first use on that loop."""
@@ -140,21 +107,3 @@ class RemoteRetriever(Retriever):
                 await entry.owner
             elif not owner_loop.is_closed():
                 owner_loop.call_soon_threadsafe(entry.stop.set)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date); None when absent or unreadable."""
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
-def _short(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
