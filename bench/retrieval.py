@@ -13,7 +13,8 @@ concurrency for
 
 with an aiohttp load client (N coroutines, one Search-R1 ``/retrieve`` query per request, distinct queries) in the
 main process. Every cell is bounded in time and in request count. It prints a table and the target ratios, and
-writes JSON per backend (``--out-dir``/retrieval-<backend>[-quick].json) and, with matplotlib, a PNG next to it.
+writes JSON per backend (``--out-dir``/retrieval-<backend>[-<encoder dtype>][-quick].json) and, with matplotlib,
+a PNG next to it.
 
     python bench/retrieval.py --quick                    # smoke run: 20k passages, 3 s cells, both backends
     python bench/retrieval.py --backend bm25             # 100k passages, 10 s cells, ours-p1 and ours-p2 too
@@ -695,7 +696,8 @@ def make_plot(summary: dict[str, Any], path: Path) -> str:
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.set_xlabel("concurrent clients")
     ax.set_ylabel("queries / s")
-    what = "BM25" if summary["index"]["backend"] == "bm25" else "dense (MiniLM + faiss Flat IP)"
+    dtype = summary["config"].get("encoder_dtype", "float32")
+    what = "BM25" if summary["index"]["backend"] == "bm25" else f"dense (MiniLM {dtype} + faiss Flat IP)"
     ax.set_title(f"{what} /retrieve, {summary['corpus']['passages']:,} passages, {os.cpu_count()} cores")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
@@ -778,6 +780,7 @@ def _environment(backends: list[str]) -> dict[str, Any]:
         "uvloop": importlib.util.find_spec("uvloop") is not None,
         "httptools": importlib.util.find_spec("httptools") is not None,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
 
 
@@ -799,6 +802,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--threads",
         type=int,
         help="OpenMP threads (torch, faiss) in every measured process (default: the libraries' own, one per core)",
+    )
+    p.add_argument(
+        "--encoder-dtype",
+        default="float32",
+        help="dense query encoder precision: float32 or bfloat16 (AVX512-BF16 CPUs)",
     )
     p.add_argument("--passage-tokens", type=int, default=64, help="word pieces embedded per passage in the dense build")
     p.add_argument("--quick", action="store_true", help="smoke run: 20k passages, 3 s cells")
@@ -874,6 +882,8 @@ def run_one_backend(
         f"in {build['seconds']} s ({index_dir})"
     )
     spec = {"type": backend_name, "index_dir": str(index_dir)}
+    if backend_name == "dense":
+        spec["encoder_dtype"] = args.encoder_dtype
 
     print("(b) backend, in-process batches:")
     spot = min(args.spot, len(queries) // 4)
@@ -932,7 +942,8 @@ def run_one_backend(
         "wall_s": round(time.time() - started, 1),
     }
     print_table(summary)
-    out = args.out_dir / f"retrieval-{backend_name}{'-quick' if args.quick else ''}.json"
+    dtype = f"-{args.encoder_dtype}" if backend_name == "dense" and args.encoder_dtype != "float32" else ""
+    out = args.out_dir / f"retrieval-{backend_name}{dtype}{'-quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1) + "\n")
     print(f"\nresults: {out}")
@@ -946,6 +957,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     if args.threads is not None:  # inherited by every spawned server, backend and search process
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
+    # what `research-plugin serve` sets (see cmd_serve), for every measured process alike: (b) and (c) too
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env = _environment(args.backends)
     print(
         f"python {env['python']}, {env['cpus']} CPUs, uvloop={env['uvloop']}, httptools={env['httptools']}, "

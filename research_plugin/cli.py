@@ -80,6 +80,19 @@ def retriever_spec(value: str) -> dict | str:
     raise ValueError(f"a retriever must be 'demo', an http(s):// URL, a jsonl corpus or an index folder, not {value!r}")
 
 
+DENSE_SERVE_OPTIONS = ("device", "encoder_dtype", "nprobe", "ef_search")
+
+
+def dense_options(args) -> dict:
+    """The dense-index options given on the ``serve`` command line, as ``DenseRetriever`` keyword arguments."""
+    options = {name: getattr(args, name) for name in DENSE_SERVE_OPTIONS if getattr(args, name) is not None}
+    if args.cpu_index:
+        options["gpu"] = False
+    if args.shard:
+        options["shard"] = True
+    return options
+
+
 def cmd_serve(args) -> int:
     """Serve an index over HTTP (Search-R1 and FlashRAG APIs) with cross-request batching and a result cache."""
     import logging
@@ -92,6 +105,10 @@ def cmd_serve(args) -> int:
     from .retrieval import build_retriever
     from .retrieval.server import create_app
 
+    # torch and faiss each bring an OpenMP runtime whose idle threads spin, taking the cores that the other library
+    # and the event loop need (bench/retrieval.py, dense on 2 cores: 32 -> 50 q/s at one client); let them sleep.
+    # Set before the index loads (the first import of torch or faiss reads it); a value in the environment wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     index = Path(args.index)
     try:
         if args.index.startswith(("http://", "https://")):
@@ -105,6 +122,13 @@ def cmd_serve(args) -> int:
                 spec["corpus"] = args.corpus
         elif args.corpus:
             raise ValueError("--corpus applies to a Lucene index that stores no document text")
+        dense = dense_options(args)
+        if dense:
+            if not (isinstance(spec, dict) and spec["type"] == "dense"):
+                raise ValueError(
+                    f"dense index options (--device, --encoder-dtype, ...) apply to a dense index, not {index}"
+                )
+            spec.update(dense)
         app = create_app(
             partial(build_retriever, spec),
             index_id="demo" if spec == "demo" else str(index.resolve()),
@@ -137,6 +161,7 @@ def cmd_index_build(args) -> int:
             args.out,
             backend=args.backend,
             encoder=args.encoder,
+            encoder_dtype=args.encoder_dtype,
             index_type=args.index_type,
             fp16=args.fp16,
             batch_size=args.batch_size,
@@ -289,8 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-window-ms",
         type=float,
-        default=0.0,
-        help="extra wait for more queries before a batch (default 0: batch what arrived while the backend was busy)",
+        default=3.0,
+        help="longest wait for as many queries as the last second's largest batch (default 3; 0: never wait)",
     )
     p.add_argument("--max-queue", type=int, default=1024, help="queued queries before requests get 429")
     p.add_argument("--cache-size", type=int, default=100_000, help="cached results (0 disables the cache)")
@@ -302,6 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="search in N worker processes, each loading the index (default 0: in the server process)",
     )
+    dense = p.add_argument_group("dense index options")
+    dense.add_argument("--device", help="query encoder device, e.g. cpu, cuda:0 (default: sentence-transformers')")
+    dense.add_argument("--encoder-dtype", help="query encoder precision: float32 (default), bfloat16 (CPU), float16")
+    dense.add_argument("--cpu-index", action="store_true", help="keep the faiss index on the CPU when GPUs exist")
+    dense.add_argument("--shard", action="store_true", help="split the faiss index across GPUs instead of copying it")
+    dense.add_argument("--nprobe", type=int, help="IVF lists searched per query (default 32)")
+    dense.add_argument("--ef-search", type=int, help="HNSW search breadth (default 64)")
     p.add_argument(
         "--token-env",
         default="RESEARCH_PLUGIN_TOKEN",
@@ -316,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["bm25", "dense", "lucene"], default="bm25", help="lucene: the lucene extra")
     p.add_argument("--out", required=True, help="index folder to create (replaces an older index there)")
     p.add_argument("--encoder", default="minilm", help="'minilm' (bundled) or a sentence-transformers path / name")
+    p.add_argument("--encoder-dtype", default="float32", help="encoder precision: float32, bfloat16 (CPU), float16")
     p.add_argument("--index-type", default="Flat", help="faiss index_factory string: Flat, HNSW32, IVF1024,PQ48, ...")
     p.add_argument("--batch-size", type=int, default=256, help="passages per encoder batch")
     p.add_argument("--shard-size", type=int, default=50_000, help="passages per resumable embedding shard")

@@ -15,6 +15,7 @@ import pytest
 from research_plugin.retrieval import build_retriever
 from research_plugin.retrieval.dense import (
     BGE_QUERY_INSTRUCTION,
+    BLAS_THRESHOLD,
     DenseRetriever,
     Encoder,
     bundled_minilm_path,
@@ -24,6 +25,7 @@ from research_plugin.retrieval.dense import (
 from research_plugin.retrieval.index_builder import build_index
 
 from .corpora import TOPICS, to_passages, write_corpus
+from .test_server import post, serve
 
 # TOPICS (p00-p25) and four more entries (p26-p29)
 PASSAGES = [
@@ -215,3 +217,62 @@ def test_non_dense_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text(json.dumps({"backend": "bm25", "format": 1}))
     with pytest.raises(ValueError, match="no dense index"):
         DenseRetriever(tmp_path)
+
+
+def test_bfloat16_query_encoder_keeps_the_answers(build) -> None:
+    """bfloat16 weights (the fast choice on CPUs with AVX512-BF16) rank the labelled set as float32 does."""
+    queries = [q for q, _ in QUERIES]
+    full = DenseRetriever(build("Flat"))
+    half = DenseRetriever(build("Flat"), encoder_dtype="bfloat16")
+    assert half.encoder.dtype == "bfloat16" and next(half.encoder.model.parameters()).dtype.is_floating_point
+    assert str(next(half.encoder.model.parameters()).dtype) == "torch.bfloat16"
+    embeddings = half.encoder.encode_queries(queries)
+    assert embeddings.dtype == np.float32
+    assert np.abs(embeddings - full.encoder.encode_queries(queries)).max() < 0.05
+    assert search(half, queries, 1) == search(full, queries, 1)
+    with pytest.raises(ValueError, match="encoder dtype"):
+        Encoder("minilm", dtype="int8")
+
+
+def test_batches_take_the_blas_path_with_the_same_answers(build, minilm: Encoder) -> None:
+    """A batch of >= BLAS_THRESHOLD queries is one matrix product in faiss; its answers equal one-by-one search."""
+    queries = [q for q, _ in QUERIES] * 2  # 32 queries: above the threshold, below faiss 1.15's own 128000
+    original = faiss.cvar.distance_compute_blas_threshold
+    try:
+        retriever = DenseRetriever(build("Flat"), encoder=minilm)
+        assert faiss.cvar.distance_compute_blas_threshold == BLAS_THRESHOLD < len(queries)
+        batched = asyncio.run(retriever.search(queries, 5))
+        alone = [asyncio.run(retriever.search([q], 5))[0] for q in queries[:16]]
+        for one, many in zip(alone, batched):
+            assert [p.id for p in one.passages] == [p.id for p in many.passages]
+            assert [p.score for p in one.passages] == pytest.approx([p.score for p in many.passages], abs=1e-5)
+        DenseRetriever(build("Flat"), encoder=minilm, blas_threshold=None)  # leaves faiss's setting alone
+        assert faiss.cvar.distance_compute_blas_threshold == BLAS_THRESHOLD
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = original
+
+
+def test_cli_serve_passes_dense_options(build, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    import research_plugin.retrieval as retrieval
+    from research_plugin.cli import main
+
+    specs: list[dict] = []
+    real_build = retrieval.build_retriever
+    monkeypatch.setattr(retrieval, "build_retriever", lambda spec: specs.append(spec) or real_build(spec))
+    apps: list = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **_: apps.append(app))
+    argv = ["serve", "--index", str(build("Flat")), "--encoder-dtype", "bfloat16", "--cpu-index", "--nprobe", "4"]
+    assert main(argv) == 0
+    assert main(["serve", "--index", "demo", "--encoder-dtype", "bfloat16"]) == 2  # not a dense index
+    assert len(apps) == 1
+    with serve(apps[0]) as base:
+        status, _, body = post(base + "/search", {"query": "Which antibiotic came from a fungus?", "top_n": 1})
+    assert status == 200 and body[0]["id"] == "p27"
+    (spec,) = specs
+    assert {k: spec[k] for k in ("encoder_dtype", "gpu", "nprobe")} == {
+        "encoder_dtype": "bfloat16",
+        "gpu": False,
+        "nprobe": 4,
+    }

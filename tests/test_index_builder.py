@@ -178,9 +178,21 @@ def test_cli_builds_a_dense_index(
 ) -> None:
     out = tmp_path / "hnsw"
     argv = ["index", "build", "--corpus", str(mini_corpus), "--backend", "dense", "--out", str(out)]
-    assert main([*argv, "--index-type", "HNSW32", "--fp16", "--batch-size", "4", "--shard-size", "4"]) == 0
+    argv += [
+        "--index-type",
+        "HNSW32",
+        "--fp16",
+        "--batch-size",
+        "4",
+        "--shard-size",
+        "4",
+        "--encoder-dtype",
+        "bfloat16",
+    ]
+    assert main(argv) == 0
     manifest = json.loads(capsys.readouterr().out)
     assert (manifest["factory"], manifest["encoder"]["name"]) == ("HNSW32,SQfp16", "minilm")
+    assert manifest["encoder"]["dtype"] == "bfloat16"
     assert top_ids(DenseRetriever(out, encoder=minilm), [QUESTION]) == [["m0"]]
 
 
@@ -188,3 +200,5 @@ def test_cli_reports_bad_options(mini_corpus: Path, tmp_path: Path, capsys: pyte
     argv = ["index", "build", "--corpus", str(mini_corpus), "--backend", "dense", "--out", str(tmp_path / "x")]
     assert main([*argv, "--index-type", "IVF4,PQ8", "--fp16"]) == 2
     assert "fp16" in capsys.readouterr().err
+    assert main([*argv, "--encoder-dtype", "int8"]) == 2
+    assert "encoder dtype" in capsys.readouterr().err

@@ -205,6 +205,58 @@ def test_concurrent_requests_share_batches(bm25: BM25Retriever) -> None:
     assert metrics["latency_ms"]["window"] == 32 and metrics["latency_ms"]["p99"] >= metrics["latency_ms"]["p50"] > 0
 
 
+def test_batch_window_waits_only_for_the_load_just_seen(bm25: BM25Retriever) -> None:
+    """Flush on size or on time: with recent batches of 8, queries trickling in are held (up to the window) until 8
+    wait; an idle batcher (no batch in the last second) searches a lone query at once, whatever the window."""
+    from research_plugin.retrieval.batching import Batcher
+
+    backend = Wrapped(bm25)
+
+    async def go() -> None:
+        batcher = Batcher(backend, index_id="t", batch_window_s=30.0, cache_size=0)
+        batcher.start()
+        try:
+            await asyncio.wait_for(batcher.search([QUERIES[0]], 1), 5)  # idle: no wait
+            await asyncio.gather(*(batcher.search([q], 1) for q in QUERIES[1:9]))  # a batch of 8
+
+            async def trickle(i: int, q: str) -> None:
+                await asyncio.sleep(0.01 * i)
+                await batcher.search([q], 1)
+
+            await asyncio.wait_for(asyncio.gather(*(trickle(i, q) for i, q in enumerate(QUERIES[9:17]))), 5)
+            await asyncio.sleep(1.1)  # the load is forgotten after a second
+            await asyncio.wait_for(batcher.search([QUERIES[17]], 1), 5)
+        finally:
+            await batcher.stop()
+
+    asyncio.run(go())
+    assert [len(call) for call in backend.calls] == [1, 8, 8, 1]
+
+
+def test_batch_window_does_not_hold_queries_while_a_batch_is_in_flight(bm25: BM25Retriever) -> None:
+    """With room for two batches at once (a pool of search processes), a query arriving while a batch is searched
+    goes at once: the window is for an idle backend only."""
+    from research_plugin.retrieval.batching import Batcher
+
+    backend = Wrapped(bm25, delay=0.5)
+
+    async def go() -> None:
+        batcher = Batcher(backend, index_id="t", batch_window_s=30.0, cache_size=0, max_in_flight=2)
+        batcher.start()
+        try:
+            await asyncio.gather(*(batcher.search([q], 1) for q in QUERIES[:8]))  # the load: batches of 8
+            slow = asyncio.ensure_future(asyncio.gather(*(batcher.search([q], 1) for q in QUERIES[8:16])))
+            await asyncio.sleep(0.1)
+            assert len(backend.calls) == 2  # the second batch of 8 is being searched
+            await asyncio.wait_for(batcher.search([QUERIES[16]], 1), 5)
+            await slow
+        finally:
+            await batcher.stop()
+
+    asyncio.run(go())
+    assert [len(call) for call in backend.calls] == [8, 8, 1]
+
+
 def test_cache_hits_skip_the_backend(bm25: BM25Retriever) -> None:
     backend = Wrapped(bm25)
     with serve(create_app(backend, index_id="t")) as base:
@@ -359,15 +411,15 @@ def test_index_that_fails_to_load_reports_why() -> None:
 
 def test_backend_exception_fails_only_its_batch(bm25: BM25Retriever) -> None:
     backend = Wrapped(bm25, fail_calls=(1,))
-    with serve(create_app(backend, index_id="t", batch_window_ms=20)) as base:
-        failed = post_concurrently(base + "/retrieve", [{"queries": [q], "topk": 1} for q in QUERIES[:3]])
-        assert {status for status, _, _ in failed} == {503}
-        assert all("RuntimeError" in body["detail"] for _, _, body in failed)
+    with serve(create_app(backend, index_id="t")) as base:
+        status, _, body = post(base + "/retrieve", {"queries": QUERIES[:3], "topk": 1})  # one batch of 3
+        assert status == 503 and "RuntimeError" in body["detail"]
         # nothing was cached or left in flight: the same queries now succeed
         replies = post_concurrently(base + "/retrieve", [{"queries": [q], "topk": 1} for q in QUERIES[:3]])
         assert [body["result"][0][0]["id"] for _, _, body in replies] == ["doc0", "doc1", "doc2"]
         metrics = get(base + "/metrics")[2]
-    assert metrics["batches"]["backend_failures"] == 1 and metrics["errors"] == 3
+    assert backend.calls[0] == QUERIES[:3]
+    assert metrics["batches"]["backend_failures"] == 1 and metrics["errors"] == 1
 
 
 def test_backend_error_results_become_503(bm25: BM25Retriever) -> None:
@@ -502,12 +554,15 @@ def test_cli_serve_wires_index_folder_limits_and_token(
     launched: list[tuple[Any, str, int]] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **_: launched.append((app, host, port)))
     monkeypatch.setenv("MY_TOKEN", "tok")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    monkeypatch.delenv("OMP_WAIT_POLICY")  # restored to what it was after the test
     BM25Retriever(corpus_path, index_dir=tmp_path / "index")
     argv = ["serve", "--index", str(tmp_path / "index"), "--port", "9", "--max-topk", "5", "--token-env", "MY_TOKEN"]
     argv += ["--search-processes", "1"]
     assert main(argv) == 0
     ((app, host, port),) = launched
     assert (host, port) == ("127.0.0.1", 9)
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # idle OpenMP threads sleep (search processes inherit it)
     with serve(app, wait_ready=False) as base:
         wait_until(lambda: get(base + "/health")[0] == 200, timeout=10)
         assert get(base + "/health")[2]["index"] == str((tmp_path / "index").resolve())

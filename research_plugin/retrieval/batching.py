@@ -2,7 +2,11 @@
 
 Every query of every request becomes one pending item keyed by its normalised text and ``top_k``. A single
 batcher task takes what is pending (up to ``max_batch``) as soon as the backend is free, so queries that arrive
-during a search form the next batch; ``batch_window_s`` optionally waits for more. The backend counts as free
+during a search form the next batch. Under steady load that splits the clients into cohorts that alternate, each
+searched in a half-sized batch; so, when no batch is being searched and fewer queries wait than the largest batch
+of the last second (the load just seen), the batcher waits up to ``batch_window_s`` for that many: it flushes on
+size or on time. An idle server (last batches of one query) never waits, nor does a backend with a batch still in
+flight (its clients come back only when it is done). The backend counts as free
 while fewer than ``max_in_flight`` batches are being searched (1 for an in-process index; more for one that
 searches several batches at once, such as a pool of search processes). The backend is called once for the distinct
 queries of a batch at the batch's largest ``top_k``, and each item's answer is cut to its own ``top_k``. Identical
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -73,7 +78,7 @@ class Batcher:
         *,
         index_id: str,
         max_batch: int = 64,
-        batch_window_s: float = 0.0,
+        batch_window_s: float = 0.003,
         max_queue: int = 1024,
         cache_size: int = 100_000,
         max_in_flight: int = 1,
@@ -94,6 +99,9 @@ class Batcher:
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
         self._slots = asyncio.Semaphore(max_in_flight)
+        self._busy = 0  # batches being searched
+        self._recent: deque[tuple[float, int]] = deque()  # (start time, size) of the batches of the last second
+        self._want = 1  # queries worth waiting for before a batch
         self._task: asyncio.Task[None] | None = None
         self._searches: set[asyncio.Task[None]] = set()
 
@@ -149,7 +157,7 @@ class Batcher:
             self._pending.append(_Item(key, future))
         if new:
             self._arrived.set()
-            if len(self._pending) >= self.max_batch:
+            if len(self._pending) >= self._want:
                 self._full.set()
         # shield: a request that goes away must not cancel a search other requests share
         if len(waits) == 1:  # the common single-query request, without gather's extra futures
@@ -164,21 +172,32 @@ class Batcher:
         while True:
             await self._arrived.wait()
             await self._slots.acquire()
-            if self.batch_window_s > 0 and len(self._pending) < self.max_batch:
+            self._want = self._recent_load()
+            if self.batch_window_s > 0 and not self._busy and len(self._pending) < self._want:
                 self._full.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self.batch_window_s)
             batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
+            self._recent.append((time.monotonic(), len(batch)))
+            self._busy += 1
             if not self._pending:
                 self._arrived.clear()
             search = asyncio.get_running_loop().create_task(self._search_batch(batch))
             self._searches.add(search)
             search.add_done_callback(self._searches.discard)
 
+    def _recent_load(self) -> int:
+        """The largest batch started in the last second (at most ``max_batch``; 1 when there was none)."""
+        horizon = time.monotonic() - 1.0
+        while self._recent and self._recent[0][0] < horizon:
+            self._recent.popleft()
+        return min(self.max_batch, max((size for _, size in self._recent), default=1))
+
     async def _search_batch(self, batch: list[_Item]) -> None:
         try:
             await self._search_and_answer(batch)
         finally:
+            self._busy -= 1
             self._slots.release()
 
     async def _search_and_answer(self, batch: list[_Item]) -> None:

@@ -45,6 +45,7 @@ def build_index(
     *,
     backend: str = "bm25",
     encoder: Encoder | str = "minilm",
+    encoder_dtype: str = "float32",
     index_type: str = "Flat",
     fp16: bool = False,
     batch_size: int = 256,
@@ -54,10 +55,10 @@ def build_index(
     """Build the ``backend`` index of ``corpus`` (a jsonl path or ``"demo"``) into ``out``; returns its manifest.
 
     Dense options: ``encoder`` (an :class:`~research_plugin.retrieval.dense.Encoder`, ``"minilm"``, or a
-    sentence-transformers path / name), faiss ``index_type`` (``Flat``, ``HNSW32``, ``IVF1024,PQ48``, ... any
-    ``index_factory`` string), ``fp16`` vector storage, encoding ``batch_size`` and ``shard_size``. A ``lucene``
-    index (pyserini, the ``lucene`` extra) is a plain Lucene index in ``out`` next to the manifest. An existing
-    ``out`` is replaced only if it holds an index (a ``manifest.json``).
+    sentence-transformers path / name) and its ``encoder_dtype`` (when named), faiss ``index_type`` (``Flat``,
+    ``HNSW32``, ``IVF1024,PQ48``, ... any ``index_factory`` string), ``fp16`` vector storage, encoding ``batch_size``
+    and ``shard_size``. A ``lucene`` index (pyserini, the ``lucene`` extra) is a plain Lucene index in ``out`` next
+    to the manifest. An existing ``out`` is replaced only if it holds an index (a ``manifest.json``).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
@@ -75,7 +76,7 @@ def build_index(
 
         factory = factory_string(index_type, fp16)  # fails fast on a bad combination
         if not isinstance(encoder, Encoder):
-            encoder = Encoder(encoder)
+            encoder = Encoder(encoder, dtype=encoder_dtype)
     if backend == "lucene":
         from .lucene import start_pyserini
 
@@ -175,7 +176,7 @@ def _build_dense(
     np.save(tmp / OFFSETS_FILE, np.frombuffer(offsets, dtype=np.int64))
     index = _faiss_index(shards, len(offsets) - 1, factory, progress)
     faiss.write_index(index, str(tmp / INDEX_FILE))
-    identity = {k: encoder.info()[k] for k in ("name", "query_prefix", "passage_prefix")}
+    identity = {k: encoder.info()[k] for k in ("name", "query_prefix", "passage_prefix", "dtype")}
     manifest = {
         "format": DENSE_FORMAT_VERSION,
         "passages": index.ntotal,

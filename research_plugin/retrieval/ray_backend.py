@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_NAMESPACE = "research_plugin"
-_ACTOR_BATCHING: dict[str, Any] = {"max_batch": 64, "batch_window_s": 0.002, "max_queue": 1 << 16}
+_ACTOR_BATCHING: dict[str, Any] = {"max_batch": 64, "max_queue": 1 << 16}
 """Batcher settings of the actor; its queue is deep because, unlike HTTP clients, callers do not retry."""
 
 

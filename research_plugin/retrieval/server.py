@@ -230,7 +230,7 @@ def create_app(
     *,
     index_id: str,
     max_batch: int = 64,
-    batch_window_ms: float = 0.0,
+    batch_window_ms: float = 3.0,
     max_queue: int = 1024,
     cache_size: int = 100_000,
     max_topk: int = 100,
