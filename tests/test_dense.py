@@ -236,7 +236,7 @@ def test_bfloat16_query_encoder_keeps_the_answers(build) -> None:
 
 def test_batches_take_the_blas_path_with_the_same_answers(build, minilm: Encoder) -> None:
     """A batch of >= BLAS_THRESHOLD queries is one matrix product in faiss; its answers equal one-by-one search."""
-    queries = [q for q, _ in QUERIES] * 2  # 32 queries: above the threshold, below faiss 1.15's own 128000
+    queries = [q for q, _ in QUERIES] * 2  # 32 queries: above our threshold, below faiss 1.15's own 128000
     original = faiss.cvar.distance_compute_blas_threshold
     try:
         retriever = DenseRetriever(build("Flat"), encoder=minilm)

@@ -233,9 +233,9 @@ def test_batch_window_waits_only_for_the_load_just_seen(bm25: BM25Retriever) -> 
     assert [len(call) for call in backend.calls] == [1, 8, 8, 1]
 
 
-def test_batch_window_does_not_hold_queries_while_a_batch_is_in_flight(bm25: BM25Retriever) -> None:
+def test_batch_window_is_for_a_backend_that_searches_one_batch_at_a_time(bm25: BM25Retriever) -> None:
     """With room for two batches at once (a pool of search processes), a query arriving while a batch is searched
-    goes at once: the window is for an idle backend only."""
+    goes at once."""
     from research_plugin.retrieval.batching import Batcher
 
     backend = Wrapped(bm25, delay=0.5)

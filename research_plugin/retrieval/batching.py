@@ -2,16 +2,19 @@
 
 Every query of every request becomes one pending item keyed by its normalised text and ``top_k``. A single
 batcher task takes what is pending (up to ``max_batch``) as soon as the backend is free, so queries that arrive
-during a search form the next batch. Under steady load that splits the clients into cohorts that alternate, each
-searched in a half-sized batch; so, when no batch is being searched and fewer queries wait than the largest batch
-of the last second (the load just seen), the batcher waits up to ``batch_window_s`` for that many: it flushes on
-size or on time. An idle server (last batches of one query) never waits, nor does a backend with a batch still in
-flight (its clients come back only when it is done). The backend counts as free
-while fewer than ``max_in_flight`` batches are being searched (1 for an in-process index; more for one that
-searches several batches at once, such as a pool of search processes). The backend is called once for the distinct
-queries of a batch at the batch's largest ``top_k``, and each item's answer is cut to its own ``top_k``. Identical
-queries are searched once: a cached answer is returned at once, and a query already queued or being searched is
-joined rather than queued again.
+during a search form the next batch. The backend counts as free while fewer than ``max_in_flight`` batches are
+being searched (1 for an in-process index; more for one that searches several batches at once, such as a pool of
+search processes). The backend is called once for the distinct queries of a batch at the batch's largest
+``top_k``, and each item's answer is cut to its own ``top_k``. Identical queries are searched once: a cached
+answer is returned at once, and a query already queued or being searched is joined rather than queued again.
+
+Under steady load, batching what arrived during the last search splits the clients into cohorts that alternate,
+each searched in a half-sized batch. So, for a backend that searches one batch at a time, when fewer queries wait
+than the largest batch of the last second (the load just seen), the batcher waits up to ``batch_window_s`` for
+that many: it flushes on size or on time (measured, dense search at 64 clients: mean batch ~21-32 -> ~55; fp32
+in-process 211 -> 227 q/s, bfloat16 with one search process 378 -> 490). An idle server (last batches of one
+query) never waits, nor does a backend that searches several batches at once (their completions overlap:
+measured with two BM25 search processes, waiting only idled them, 1729 -> 1398 q/s at 64 clients).
 """
 
 from __future__ import annotations
@@ -99,8 +102,9 @@ class Batcher:
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
         self._slots = asyncio.Semaphore(max_in_flight)
-        self._busy = 0  # batches being searched
-        self._recent: deque[tuple[float, int]] = deque()  # (start time, size) of the batches of the last second
+        self._windowed = batch_window_s > 0 and max_in_flight == 1
+        # (start time, size) of the last second's batches that no later batch matched in size: the first is the largest
+        self._recent: deque[tuple[float, int]] = deque()
         self._want = 1  # queries worth waiting for before a batch
         self._task: asyncio.Task[None] | None = None
         self._searches: set[asyncio.Task[None]] = set()
@@ -173,13 +177,14 @@ class Batcher:
             await self._arrived.wait()
             await self._slots.acquire()
             self._want = self._recent_load()
-            if self.batch_window_s > 0 and not self._busy and len(self._pending) < self._want:
+            if self._windowed and len(self._pending) < self._want:
                 self._full.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self.batch_window_s)
             batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
+            while self._recent and self._recent[-1][1] <= len(batch):
+                self._recent.pop()
             self._recent.append((time.monotonic(), len(batch)))
-            self._busy += 1
             if not self._pending:
                 self._arrived.clear()
             search = asyncio.get_running_loop().create_task(self._search_batch(batch))
@@ -191,13 +196,12 @@ class Batcher:
         horizon = time.monotonic() - 1.0
         while self._recent and self._recent[0][0] < horizon:
             self._recent.popleft()
-        return min(self.max_batch, max((size for _, size in self._recent), default=1))
+        return min(self.max_batch, self._recent[0][1] if self._recent else 1)
 
     async def _search_batch(self, batch: list[_Item]) -> None:
         try:
             await self._search_and_answer(batch)
         finally:
-            self._busy -= 1
             self._slots.release()
 
     async def _search_and_answer(self, batch: list[_Item]) -> None:

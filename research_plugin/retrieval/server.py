@@ -3,7 +3,7 @@
 
 The index loads in a daemon thread at startup, so ``/health`` answers 503 at once and 200 once it is loaded (a
 slow load never delays shutdown). With ``search_processes`` > 0 the index is loaded and searched in that many worker
-processes (:class:`~research_plugin.retrieval.process_pool.ProcessPoolRetriever`), two batches in flight for each,
+processes (:class:`~research_plugin.retrieval.process_pool.ProcessPoolRetriever`), one batch in flight for each,
 while this process parses HTTP. When a token is given, every endpoint but ``/health`` requires
 ``Authorization: Bearer <token>``. Bad requests get 400 / 413 / 422 and a ``{"detail": message}`` body.
 """
@@ -261,7 +261,7 @@ def create_app(
             batch_window_s=batch_window_ms / 1000.0,
             max_queue=max_queue,
             cache_size=cache_size,
-            max_in_flight=2 * search_processes or 1,
+            max_in_flight=search_processes or 1,
         )
     )
     metrics = Metrics()
