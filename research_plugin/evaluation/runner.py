@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,8 @@ RUN_IDENTITY = (
 )
 """Settings that shape a row's result: a rerun into the same ``out`` must have the same ones."""
 
+AGENT_SETTINGS = ("top_k", "max_searches", "max_result_tokens", "search_timeout")
+
 
 @dataclass
 class EvalSettings:
@@ -59,10 +61,11 @@ class EvalSettings:
     """The dialect of rows whose ``extra_info`` names none."""
     scheme: str = "research"
     """Reward scheme of the ``reward`` column (the training reward); EM/F1/cover-EM do not depend on it."""
-    top_k: int = 5
-    max_searches: int = 8
-    max_result_tokens: int = 512
-    search_timeout: float = 60.0
+    top_k: int | None = None
+    max_searches: int | None = None
+    max_result_tokens: int | None = None
+    search_timeout: float | None = None
+    """The search agent's settings; ``None`` takes the agent loop's own default (``SearchAgentConfig``)."""
     prompt_length: int = 2048
     response_length: int = 8192
     temperature: float = 0.0
@@ -81,8 +84,15 @@ class EvalSettings:
     seed: int = 0
     progress: bool = True
 
+    def with_agent_defaults(self) -> EvalSettings:
+        """A copy whose unset search-agent settings hold the agent loop's defaults."""
+        from research_plugin.agent_loop import SearchAgentConfig
+
+        unset = [name for name in AGENT_SETTINGS if getattr(self, name) is None]
+        return replace(self, **{name: getattr(SearchAgentConfig, name) for name in unset})
+
     def run_identity(self) -> dict[str, Any]:
-        settings = asdict(self)
+        settings = asdict(self.with_agent_defaults())
         return {k: settings[k] for k in RUN_IDENTITY}
 
 
@@ -150,10 +160,7 @@ def _roll_out(
         policy.model_dir,
         search_agent={
             "dialect": settings.dialect,
-            "top_k": settings.top_k,
-            "max_searches": settings.max_searches,
-            "max_result_tokens": settings.max_result_tokens,
-            "search_timeout": settings.search_timeout,
+            **{name: getattr(settings, name) for name in AGENT_SETTINGS},
             "retriever": settings.retriever,
         },
         response_length=settings.response_length,
@@ -215,6 +222,7 @@ def _judge(settings: EvalSettings, records: list[dict[str, Any]], out: Path) -> 
 
 def run_eval(settings: EvalSettings) -> dict[str, Any]:
     """Run (or finish) an evaluation; returns the summary written to ``out/summary.json``."""
+    settings = settings.with_agent_defaults()
     if settings.normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {sorted(NORMALIZATIONS)}, not {settings.normalization!r}")
     if bool(settings.judge_endpoint) != bool(settings.judge_model):
