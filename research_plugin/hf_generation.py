@@ -1,4 +1,5 @@
-"""Token-in/token-out generation with a HF causal LM on CPU, behind verl's LLM-server ``generate`` protocol.
+"""Token-in/token-out generation with a HF causal LM (CPU, or the device its weights are on), behind verl's
+LLM-server ``generate`` protocol.
 
 ``HFGenerationServer.generate(request_id, prompt_ids=, sampling_params=)`` returns verl's ``TokenOutput``:
 the sampled response ids and their log-probs under the distribution they were sampled from (vLLM's
@@ -9,7 +10,8 @@ output ends right after the first stop string, at EOS or a stop token id, or aft
 Concurrent requests are batched: one thread owns the model; each time it is free it takes every waiting request
 (up to ``max_batch_size``), left-pads the prompts and decodes them together with one KV cache, each row ending
 on its own stop condition. ``abort()`` ends the running batch early (its outputs are marked ``aborted``);
-``load_weights`` swaps weights between batches, never inside one.
+``load_weights`` swaps weights between batches, never inside one. Decoding (``propose_batch``) needs no verl; only
+``generate`` builds verl's ``TokenOutput``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import threading
 from dataclasses import dataclass
 
 import torch
-from verl.workers.rollout.replica import TokenOutput
 
 
 @dataclass
@@ -40,6 +41,7 @@ class HFGenerationServer:
             raise ValueError(f"logprobs_mode must be processed_logprobs or raw_logprobs, not {logprobs_mode!r}")
         self.logprobs_mode = logprobs_mode
         self.model = model.eval()
+        self.device = next(model.parameters()).device
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.batch_sizes: list[int] = []  # one entry per decoded batch
@@ -68,9 +70,9 @@ class HFGenerationServer:
         self._abort.set()
 
     def _logprobs(self, prompt_ids: list[int], new_ids: list[int]) -> list[float]:
-        ids = torch.tensor([prompt_ids + new_ids])
+        ids = torch.tensor([prompt_ids + new_ids], device=self.device)
         with torch.no_grad():
-            logits = self.model(ids).logits[0, len(prompt_ids) - 1 : -1].float()
+            logits = self.model(ids).logits[0, len(prompt_ids) - 1 : -1].float().cpu()
         return torch.log_softmax(logits, -1).gather(-1, torch.tensor(new_ids)[:, None])[:, 0].tolist()
 
     def _pick(self, logits: torch.Tensor, params: dict) -> tuple[int, float]:
@@ -113,10 +115,11 @@ class HFGenerationServer:
         # a stop string of L characters ends within the last 4L+1 byte-level tokens: only decode that tail
         tails = [4 * max(map(len, r.params.get("stop") or []), default=0) + 1 for r in requests]
         stop_ids = [{self.tokenizer.eos_token_id, *(r.params.get("stop_token_ids") or [])} for r in requests]
+        ids, attention, positions = ids.to(self.device), attention.to(self.device), positions.to(self.device)
         with torch.no_grad():
             step = self.model(ids, attention_mask=attention, position_ids=positions, use_cache=True)
             while not all(done) and not self._abort.is_set():
-                logits = step.logits[:, -1].float()
+                logits = step.logits[:, -1].float().cpu()  # sampling happens on the CPU, with a seeded generator
                 nxt = []
                 for i, r in enumerate(requests):
                     if done[i]:
@@ -131,10 +134,10 @@ class HFGenerationServer:
                     nxt.append(token)
                 if all(done):
                     break
-                attention = torch.cat([attention, torch.ones((n, 1), dtype=torch.long)], dim=1)
+                attention = torch.cat([attention, attention.new_ones((n, 1))], dim=1)
                 positions = positions[:, -1:] + 1
                 step = self.model(
-                    torch.tensor(nxt)[:, None],
+                    torch.tensor(nxt, device=self.device)[:, None],
                     attention_mask=attention,
                     position_ids=positions,
                     past_key_values=step.past_key_values,
@@ -155,7 +158,9 @@ class HFGenerationServer:
         decoded_len = lambda n: len(self.tokenizer.decode(ids[:n], skip_special_tokens=False))  # noqa: E731
         return bisect.bisect_left(range(len(ids) + 1), min(ends), key=decoded_len)  # shortest covering prefix
 
-    def _serve(self, requests: list[Request]) -> list[TokenOutput]:
+    def _serve(self, requests: list[Request]) -> list:
+        from verl.workers.rollout.replica import TokenOutput
+
         with self._model_lock:
             self._abort.clear()
             proposals = self.propose_batch(requests)
@@ -205,5 +210,6 @@ class HFGenerationServer:
         self._queue.put((request, future))
         return future
 
-    async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs) -> TokenOutput:
+    async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs):
+        """verl's ``TokenOutput`` for one request (batched with whatever else is waiting)."""
         return await asyncio.wrap_future(self.submit(prompt_ids, sampling_params))

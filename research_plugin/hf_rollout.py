@@ -1,6 +1,7 @@
 """``hf`` rollout backend for verl: HF transformers generation on CPU, served like verl's vLLM/SGLang servers.
 
-Three pieces, as verl's rollout contract has them:
+Three pieces, as verl's rollout contract has them (:mod:`.verl_plugin` registers them by name when verl's rollout
+registries are imported):
 
 - ``HFRolloutServer``: a Ray actor per replica (named ``hf_server_{replica}_{node}``) holding the policy and an
   ``HFGenerationServer`` (batched token-in/token-out generation with honest log-probs). It answers verl's
@@ -21,8 +22,8 @@ from typing import Any
 
 import ray
 import torch
-from verl.workers.rollout.base import _ROLLOUT_REGISTRY, BaseRollout
-from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput
+from verl.workers.rollout.base import BaseRollout
+from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
@@ -204,8 +205,3 @@ class HFServerAdapter(BaseRollout):
             await asyncio.sleep(0)
         if self.is_leader:
             await self.server.update_weights.remote(named, global_steps)
-
-
-def register() -> None:
-    RolloutReplicaRegistry.register(NAME, lambda: HFReplica)
-    _ROLLOUT_REGISTRY[(NAME, "async")] = f"{__name__}.HFServerAdapter"

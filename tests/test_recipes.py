@@ -213,3 +213,18 @@ def test_the_launcher_command_line(tmp_path):
     assert job.data.train_files == str(tmp_path / "train.parquet")
     assert job.actor_rollout_ref.rollout.agent.default_agent_loop == "search_agent"
     assert job.search_agent.dialect == "research"
+
+
+def test_the_vllm_cpu_rollout_engine_applies_to_the_cpu_recipe():
+    """``+rollout_engine=vllm_cpu`` turns the CPU recipe's rollout into verl's vLLM server with the plugin's worker
+    extension; everything else (trainer, agent loop, reward) stays the recipe's."""
+    from research_plugin.vllm_cpu import WORKER_EXTENSION
+
+    base, config = compose("tiny_cpu_grpo"), compose("tiny_cpu_grpo", ["+rollout_engine=vllm_cpu"])
+    validate(config)
+    rollout = config.actor_rollout_ref.rollout
+    assert (rollout.name, rollout.dtype, rollout.enable_sleep_mode) == ("vllm", "float32", False)
+    assert rollout.engine_kwargs.vllm.worker_extension_cls == WORKER_EXTENSION
+    assert config.ray_kwargs.ray_init.runtime_env.env_vars.VLLM_CPU_KVCACHE_SPACE == "1"
+    assert config.trainer == base.trainer and config.search_agent == base.search_agent
+    assert config.reward == base.reward and config.actor_rollout_ref.actor == base.actor_rollout_ref.actor

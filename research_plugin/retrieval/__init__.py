@@ -5,18 +5,20 @@ folder ``research-plugin index build`` made), ``{"type": "lucene", "index_dir": 
 pyserini / Anserini index; ``"corpus": path`` when it stores no text), ``{"type": "http", "url": ..., ...}``; the
 string ``"demo"`` is bm25 over the bundled corpus and an ``http(s)://`` string is an HTTP client for that endpoint.
 A new backend is one entry in :data:`RETRIEVER_TYPES` (the other spec keys become its keyword arguments).
+
+Every backend is imported when a retriever of its kind is built, so importing this package (which the agent loop
+does in every verl process) loads none of bm25s, faiss, sentence-transformers, pyserini or aiohttp.
 """
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .base import Passage, Retriever, SearchResult, iter_corpus
-from .bm25 import BM25Retriever
-from .http_client import HTTPRetriever
 
 __all__ = [
     "RETRIEVER_TYPES",
@@ -31,6 +33,23 @@ __all__ = [
 ]
 
 RetrieverSpec = Mapping[str, Any] | str
+
+
+def _bm25(**options: Any) -> Retriever:
+    """``BM25Retriever``, imported on use: it needs ``bm25s`` and ``PyStemmer``."""
+    try:
+        from .bm25 import BM25Retriever
+    except ImportError as e:
+        raise ImportError(f"{e}: the bm25 retriever needs `pip install bm25s PyStemmer`") from e
+
+    return BM25Retriever(**options)
+
+
+def _http(**options: Any) -> Retriever:
+    """``HTTPRetriever`` (aiohttp), imported on use: a client of a ``/retrieve`` server."""
+    from .http_client import HTTPRetriever
+
+    return HTTPRetriever(**options)
 
 
 def _dense(**options: Any) -> Retriever:
@@ -62,13 +81,23 @@ def _web(**options: Any) -> Retriever:
 
 
 RETRIEVER_TYPES: dict[str, Callable[..., Retriever]] = {
-    "bm25": BM25Retriever,
-    "http": HTTPRetriever,
+    "bm25": _bm25,
+    "http": _http,
     "dense": _dense,
     "lucene": _lucene,
     "ray": _ray,
     "web": _web,
 }
+
+_LAZY = {"BM25Retriever": ".bm25", "HTTPRetriever": ".http_client"}
+
+
+def __getattr__(name: str) -> Any:
+    """``BM25Retriever`` and ``HTTPRetriever`` as attributes of the package, imported when first asked for."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _cache: dict[Hashable, Retriever] = {}
 _cache_lock = threading.Lock()

@@ -66,8 +66,9 @@ class SearchResult:
 class Retriever(abc.ABC):
     """Async batch retriever. Subclasses implement :meth:`_search`; :meth:`search` checks the arguments.
 
-    Contract: one :class:`SearchResult` per query, in order. Invalid arguments (``top_k <= 0``) raise
-    ``ValueError``; remote backends report failures as ``SearchResult([], error=...)`` instead of raising.
+    Contract: one :class:`SearchResult` per query, in order; a query repeated in one call is searched once and
+    every copy gets the same answer. Invalid arguments (``top_k <= 0``) raise ``ValueError``; remote backends report
+    failures as ``SearchResult([], error=...)`` instead of raising.
     """
 
     name: str = "retriever"
@@ -79,10 +80,14 @@ class Retriever(abc.ABC):
             raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
         if not queries:
             return []
-        results = await self._search(list(queries), top_k)
-        if len(results) != len(queries):
-            raise RuntimeError(f"{self.describe()} returned {len(results)} results for {len(queries)} queries")
-        return results
+        unique = list(dict.fromkeys(queries))
+        results = await self._search(unique, top_k)
+        if len(results) != len(unique):
+            raise RuntimeError(f"{self.describe()} returned {len(results)} results for {len(unique)} queries")
+        if len(unique) == len(queries):
+            return results
+        found = dict(zip(unique, results))
+        return [SearchResult(list(found[q].passages), found[q].error) for q in queries]
 
     @abc.abstractmethod
     async def _search(self, queries: list[str], top_k: int) -> list[SearchResult]:

@@ -1,4 +1,10 @@
-"""In-process BM25 retrieval with bm25s (numpy backend), optionally persisted to and mmap-loaded from a folder."""
+"""In-process BM25 retrieval with bm25s (numpy backend), optionally persisted to and mmap-loaded from a folder.
+
+bm25s picks JAX for its top-k when JAX is importable, and runs a JAX op the moment it is imported: on a machine
+with a GPU build of JAX that claims about 75% of the GPU's memory for the life of the process (XLA preallocates).
+Here bm25s is imported with JAX hidden and always searches with its numpy top-k, so it never initialises JAX; a
+JAX the user imported keeps its module and its settings (see :func:`import_bm25s`).
+"""
 
 from __future__ import annotations
 
@@ -8,18 +14,45 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-import bm25s
 import Stemmer
 
 from .base import Passage, Retriever, SearchResult, iter_corpus
 
 logger = logging.getLogger(__name__)
+
+
+def import_bm25s() -> ModuleType:
+    """``bm25s``, imported so that it cannot see JAX (its JAX top-k stays off; see the module docstring).
+
+    While bm25s is imported, ``jax`` is hidden from the import system (``sys.modules["jax"] = None`` makes its
+    ``import jax.lax`` fail as if JAX were not installed); afterwards ``sys.modules`` is as it was, so a JAX the
+    user imported before, or imports later, is untouched.
+    """
+    if "bm25s" in sys.modules:
+        return sys.modules["bm25s"]
+    hidden = ("jax", "jax.lax")
+    saved = {name: sys.modules[name] for name in hidden if name in sys.modules}
+    sys.modules.update(dict.fromkeys(hidden))
+    try:
+        import bm25s
+    finally:
+        for name in hidden:
+            if name in saved:
+                sys.modules[name] = saved[name]
+            else:
+                sys.modules.pop(name, None)
+    return bm25s
+
+
+bm25s = import_bm25s()
 
 _MANIFEST = "manifest.json"
 _PASSAGES = "passages.jsonl"
@@ -119,7 +152,9 @@ class BM25Retriever(Retriever):
             todo = [i for i, tokens in enumerate(known) if tokens]
             if not todo:
                 return results
-            ids, scores = self._bm25.retrieve([known[i] for i in todo], k=k, show_progress=False)
+            ids, scores = self._bm25.retrieve(
+                [known[i] for i in todo], k=k, show_progress=False, backend_selection="numpy"
+            )
         for i, row_ids, row_scores in zip(todo, ids.tolist(), scores.tolist(), strict=True):
             results[i].passages = [
                 replace(self.passages[j], score=score)

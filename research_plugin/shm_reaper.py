@@ -1,0 +1,109 @@
+"""Remove the shared-memory segments a group of processes leaves in ``/dev/shm`` when it is killed.
+
+vLLM's engine and worker processes talk through POSIX shared memory (``psm_*``: its message queues, a few hundred
+MB each) and verl hands weights to them through ``verl_weights_*`` buckets when CUDA IPC is not available. They
+unlink these on a clean shutdown, but at the end of a training job Ray kills the rollout servers and their child
+processes, so every run would leave its segments behind, holding RAM until the next reboot.
+
+:func:`watch` starts a small reaper process in a session of its own (so it outlives the group kill). While the
+watched processes live it notes which segments with the known prefixes they have mapped (``/proc/PID/maps``);
+once all of them are gone it unlinks each noted segment that no live process maps any more. It never touches a
+segment the watched processes did not map, nor one still in use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+SHM = Path("/dev/shm")
+PREFIXES = ("psm_", "verl_weights_")
+
+
+def mapped_segments(pid: int | str, prefixes: Iterable[str] = PREFIXES) -> set[str]:
+    """Names of the ``/dev/shm`` files with one of ``prefixes`` that process ``pid`` maps (empty if it is gone)."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except (OSError, ValueError):
+        return set()
+    names = set()
+    for line in maps.splitlines():
+        path = line.split(maxsplit=5)[-1]
+        if path.startswith(f"{SHM}/"):
+            name = path[len(str(SHM)) + 1 :].removesuffix(" (deleted)")
+            if name.startswith(tuple(prefixes)):
+                names.add(name)
+    return names
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"  # a zombie has unmapped everything
+
+
+def _in_use(names: set[str]) -> set[str]:
+    used: set[str] = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            used |= mapped_segments(proc.name) & names
+    return used
+
+
+def reap(
+    pids: list[int], *, seen: Iterable[str] = (), interval: float = 0.5, prefixes: Iterable[str] = PREFIXES
+) -> list[str]:
+    """Follow ``pids`` until all have exited, then unlink the segments they mapped (or ``seen`` says they did) and
+    nobody maps now."""
+    prefixes = tuple(prefixes)
+    seen = {name for name in seen if name.startswith(prefixes)}
+    while True:
+        alive = [pid for pid in pids if _alive(pid)]
+        for pid in alive:
+            seen |= mapped_segments(pid, prefixes)
+        if not alive:
+            break
+        time.sleep(interval)
+    removed = []
+    for name in sorted(seen - _in_use(seen)):
+        try:
+            (SHM / name).unlink()
+            removed.append(name)
+        except FileNotFoundError:
+            pass  # its owner unlinked it on a clean shutdown
+    return removed
+
+
+def watch(pids: Iterable[int]) -> subprocess.Popen | None:
+    """Start a detached reaper for ``pids`` (Linux only; elsewhere, and if ``/dev/shm`` is absent, nothing)."""
+    pids = sorted({int(p) for p in pids if int(p) > 1})
+    if not sys.platform.startswith("linux") or not SHM.is_dir() or not pids:
+        return None
+    seen = set().union(*(mapped_segments(pid) for pid in pids))  # what they map now, in case they die first
+    return subprocess.Popen(
+        [sys.executable, "-m", __name__, *map(str, pids), *(["--seen", *sorted(seen)] if seen else [])],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pids", nargs="+", type=int)
+    parser.add_argument("--seen", nargs="*", default=[], help="segments they are known to have mapped")
+    parser.add_argument("--interval", type=float, default=0.5)
+    args = parser.parse_args(argv)
+    reap(args.pids, seen=args.seen, interval=args.interval)
+
+
+if __name__ == "__main__":
+    main()
