@@ -1,7 +1,8 @@
 """Remove the shared-memory segments a group of processes leaves in ``/dev/shm`` when it is killed.
 
 vLLM's engine and worker processes talk through POSIX shared memory (``psm_*``: its message queues, a few hundred
-MB each) and verl hands weights to them through ``verl_weights_*`` buckets when CUDA IPC is not available. They
+MB each; its worker also leaves a ``sem.loky-*`` semaphore at times) and verl hands weights to them through
+``verl_weights_*`` buckets when CUDA IPC is not available. They
 unlink these on a clean shutdown, but at the end of a training job Ray kills the rollout servers and their child
 processes, so every run would leave its segments behind, holding RAM until the next reboot.
 
@@ -21,7 +22,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 SHM = Path("/dev/shm")
-PREFIXES = ("psm_", "verl_weights_")
+PREFIXES = ("psm_", "verl_weights_", "sem.loky-")
+"""Python's shared memory (vLLM's message queues), verl's weight buckets, joblib/loky semaphores (vLLM's worker)."""
 
 
 def mapped_segments(pid: int | str, prefixes: Iterable[str] = PREFIXES) -> set[str]:

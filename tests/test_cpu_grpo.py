@@ -37,7 +37,7 @@ def per_step(log: str) -> dict[int, dict[str, float]]:
 
 
 SHM = Path("/dev/shm")
-SHM_PREFIXES = ("psm_", "verl_weights_")
+SHM_PREFIXES = ("psm_", "verl_weights_", "sem.loky-")
 
 
 def shm_segments() -> set[str]:
