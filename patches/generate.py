@@ -598,14 +598,21 @@ def schemes_table() -> str:
         for n in tree.body
         if isinstance(n, ast.FunctionDef)
     }
-    fields = dataclass_fields(_class(tree, "Scheme"))
+    fields = dataclass_fields(_class(tree, "Options"))
+    defaults = {name: ast.literal_eval(d) for name, d, _ in fields if d is not None}
     table = _registry_dict(tree, "SCHEMES")
-    rows = ["| scheme | dialect | normalisation | reward |", "|---|---|---|---|"]
+    rows = ["| scheme | dialect | normalisation | options that differ from the defaults | reward |", "|---" * 5 + "|"]
     for key, call in zip(table.keys, table.values, strict=True):
-        s = _bind(call, fields) if isinstance(call, ast.Call) else {}
-        if not s or not isinstance(key, ast.Constant):
-            raise GenerationError("research_plugin.rewards.SCHEMES entries must be 'name': Scheme(...)")
-        rows.append(f"| `{key.value}` | `{s['dialect']}` | `{s['normalization']}` | {docs.get(str(s['score']), '')} |")
+        if not (isinstance(key, ast.Constant) and isinstance(call, ast.Call) and len(call.args) >= 2):
+            raise GenerationError("research_plugin.rewards.SCHEMES entries must be 'name': Scheme(score, dialect, ...)")
+        score, dialect = call.args[0], ast.literal_eval(call.args[1])
+        options = call.args[2] if len(call.args) > 2 else None
+        if not isinstance(score, ast.Name) or not (options is None or isinstance(options, ast.Call)):
+            raise GenerationError("research_plugin.rewards.SCHEMES: Scheme(function name, dialect, Options(...))")
+        values = {**defaults, **{kw.arg: ast.literal_eval(kw.value) for kw in getattr(options, "keywords", [])}}
+        changed = ", ".join(f"`{k}={v}`" for k, v in values.items() if k != "normalization" and v != defaults[k])
+        reward = docs.get(score.id, "")
+        rows.append(f"| `{key.value}` | `{dialect}` | `{values['normalization']}` | {changed or '-'} | {reward} |")
     return "\n".join(rows)
 
 

@@ -4,7 +4,10 @@ The policy generates until it closes a query tag (the dialect's stop string). Th
 open tag and that close tag is the query; the retriever's passages are appended as a result block whose
 tokens get ``response_mask`` 0 and log-prob 0; generation continues until EOS, the response budget, or a
 stop that is not a query. Sampled token ids and log-probs are kept exactly as the server returned them;
-only result blocks are tokenised here.
+only result blocks are tokenised here. Whether the trajectory ended by EOS (not by the budget or an abort) goes to
+the reward as ``extra_info["ended_by_eos"]`` (ReSearch scores a truncated response 0). A row whose prompt opens a
+think block (``extra_info["opens_think"]``, R1-Searcher's prompts) gets the think open tag after the chat
+template's generation prompt; a raw (base-model) prompt carries it in its text already.
 
 Settings come, later ones winning, from: the defaults below, a top-level ``search_agent`` block of the
 trainer config, keyword arguments of an ``agent_loop_config_path`` entry, and a row's
@@ -131,7 +134,10 @@ class SearchAgentLoop(AgentLoopBase):
             base = extra_info.get("template") == "base" or not getattr(self.tokenizer, "chat_template", None)
             fmt = "raw" if base else "chat"
         if fmt == "chat":
-            return await self.ct_build_initial_tokens(messages)
+            ids = await self.ct_build_initial_tokens(messages)
+            if extra_info.get("opens_think"):
+                ids = list(ids) + self._encode(get_dialect(cfg.dialect).think_open)
+            return ids
         text = "\n".join(str(m.get("content", "")) for m in messages)
         ids = await self.loop.run_in_executor(None, lambda: self.tokenizer.encode(text))
         return self._cap_text_prompt_length(list(ids))
@@ -186,6 +192,7 @@ class SearchAgentLoop(AgentLoopBase):
         request_id = f"det-{int(priority)}" if getattr(self.rollout_config, "full_determinism", False) else uuid4().hex
         stop_ids = self._encode(dialect.stop)
         traj = _Trajectory()
+        ended_by_eos = False
 
         while (budget := self.response_length - len(traj.response_ids)) > 0:
             params = {
@@ -205,16 +212,22 @@ class SearchAgentLoop(AgentLoopBase):
             if out.num_preempted is not None:
                 traj.num_preempted = max(traj.num_preempted, 0) + out.num_preempted
             for key, value in out.extra_fields.items():  # global_steps bookkeeping of the rollout server
-                if key == "min_global_steps" and key in traj.extra_fields:
+                if key == "finish_reason" or (key == "min_global_steps" and key in traj.extra_fields):
                     continue
                 traj.extra_fields[key] = value
             tokens = list(out.token_ids)[:budget]
             traj.append(tokens, 1, list(out.log_probs)[: len(tokens)] if out.log_probs else None)
-            if not tokens or out.stop_reason == "aborted" or len(traj.response_ids) >= self.response_length:
+            # a server that cut the output at its own limit says so (``finish_reason``): truncated, like no budget
+            if not tokens or out.stop_reason == "aborted" or out.extra_fields.get("finish_reason") == "length":
                 break
             segment = self._decode(tokens)
-            if not stopped_at_query(segment, dialect):
-                break  # EOS or another stop: the trajectory is finished
+            at_query = stopped_at_query(segment, dialect)
+            if len(traj.response_ids) >= self.response_length:
+                ended_by_eos = not at_query and tokens[-1] == self.tokenizer.eos_token_id
+                break
+            if not at_query:
+                ended_by_eos = True  # EOS (or another stop): the trajectory is finished
+                break
             body = await self._result_text(segment, dialect, cfg, traj)
             result_ids = self._encode(result_block(body, dialect))
             result_ids = result_ids[: self.response_length - len(traj.response_ids)]
@@ -228,6 +241,7 @@ class SearchAgentLoop(AgentLoopBase):
             num_invalid_queries=traj.num_invalid_queries,
             retrieved_tokens=traj.retrieved_tokens,
             retrieval_s=traj.retrieval_s,
+            ended_by_eos=ended_by_eos,
             dialect=dialect.name,
             turn_scores=[],
             tool_rewards=[],

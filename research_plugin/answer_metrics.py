@@ -1,11 +1,23 @@
-"""Answer metrics as the official SQuAD / HotpotQA evaluation scripts compute them: EM, token F1, cover-EM.
+"""Answer metrics as the papers' evaluation code computes them: EM, token F1, and three kinds of coverage.
 
-Normalisation (``punct="remove"``, the official one): lowercase, delete punctuation, drop the articles
-a/an/the as whole words, fold whitespace. ``punct="space"`` is R1-Searcher's variant: punctuation
-(plus the quote marks ‘ ’ ´ `) becomes a space instead, so "U.S.A." gives "u s a" rather than "usa".
+Normalisations (``normalization=``):
 
-Every metric takes a prediction (None scores 0) and one or more gold answers, and returns the maximum
-over the golds; no gold answers score 0.
+* ``squad`` (the official SQuAD / HotpotQA one, ReSearch's and Search-R1's): lowercase, delete punctuation, drop
+  the articles a/an/the as whole words, fold whitespace;
+* ``space``: punctuation (plus the quote marks ‘ ’ ´ `) becomes a space instead, so "U.S.A." gives "u s a"
+  rather than "usa";
+* ``r1_searcher`` (R1-Searcher's code): ``space``, after mapping the exact strings ``True`` / ``False`` to
+  ``yes`` / ``no``.
+
+Metrics (each takes a prediction, None scoring 0, and one or more gold answers, and returns the maximum over the
+golds; no gold answers score 0):
+
+* :func:`exact_match` (EM) and :func:`f1_score` (token F1, with HotpotQA's yes/no/noanswer rule);
+* :func:`cover_exact_match` (``cover_em``): the gold's tokens appear contiguously, in order, in the prediction;
+* :func:`token_cover_match` (``acc_r``, R1-Searcher's Cover-EM / ACC_R): every gold token is among the
+  prediction's tokens, in any order;
+* :func:`substring_exact_match` (``subem``, Search-R1's sub-EM): the normalised gold is a substring of the
+  normalised prediction, even inside a word.
 """
 
 from __future__ import annotations
@@ -23,17 +35,21 @@ _R1_PUNCT = _PUNCT | frozenset("‘’´`")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _YES_NO = ("yes", "no", "noanswer")
 _GOLD_KEYS = ("target", "golden_answers", "answers")
+_BOOLS = {"True": "yes", "False": "no"}
+NORMALIZATIONS = ("squad", "space", "r1_searcher")
 
 
-def normalize_answer(s: str, punct: str = "remove") -> str:
-    """SQuAD normalisation; ``punct`` is "remove" (official) or "space" (R1-Searcher)."""
+def normalize_answer(s: str, normalization: str = "squad") -> str:
+    """``s`` normalised as :data:`NORMALIZATIONS` name it (see the module docstring)."""
+    if normalization == "r1_searcher":
+        s = _BOOLS.get(s, s)
+    elif normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, not {normalization!r}")
     s = s.lower()
-    if punct == "remove":
+    if normalization == "squad":
         s = "".join(ch for ch in s if ch not in _PUNCT)
-    elif punct == "space":
-        s = "".join(" " if ch in _R1_PUNCT else ch for ch in s)
     else:
-        raise ValueError(f"punct must be 'remove' or 'space', not {punct!r}")
+        s = "".join(" " if ch in _R1_PUNCT else ch for ch in s)
     return " ".join(_ARTICLES.sub(" ", s).split())
 
 
@@ -51,12 +67,12 @@ def as_gold_list(golds: Any) -> list[str]:
     return [str(golds)]
 
 
-def exact_match(pred: str | None, golds: Any, punct: str = "remove") -> float:
+def exact_match(pred: str | None, golds: Any, normalization: str = "squad") -> float:
     """1.0 if the normalised prediction equals some normalised gold answer."""
     if pred is None:
         return 0.0
-    p = normalize_answer(pred, punct)
-    return float(any(p == normalize_answer(g, punct) for g in as_gold_list(golds)))
+    p = normalize_answer(pred, normalization)
+    return float(any(p == normalize_answer(g, normalization) for g in as_gold_list(golds)))
 
 
 def _prf(p: str, g: str) -> tuple[float, float, float]:
@@ -71,21 +87,21 @@ def _prf(p: str, g: str) -> tuple[float, float, float]:
     return precision, recall, 2 * precision * recall / (precision + recall)
 
 
-def precision_recall_f1(pred: str | None, golds: Any, punct: str = "remove") -> tuple[float, float, float]:
+def precision_recall_f1(pred: str | None, golds: Any, normalization: str = "squad") -> tuple[float, float, float]:
     """(precision, recall, F1) against the gold answer with the highest F1."""
     if pred is None:
         return 0.0, 0.0, 0.0
-    p = normalize_answer(pred, punct)
-    scores = [_prf(p, normalize_answer(g, punct)) for g in as_gold_list(golds)]
+    p = normalize_answer(pred, normalization)
+    scores = [_prf(p, normalize_answer(g, normalization)) for g in as_gold_list(golds)]
     return max(scores, key=lambda s: s[2], default=(0.0, 0.0, 0.0))
 
 
-def f1_score(pred: str | None, golds: Any, punct: str = "remove") -> float:
+def f1_score(pred: str | None, golds: Any, normalization: str = "squad") -> float:
     """Token F1, the maximum over gold answers."""
-    return precision_recall_f1(pred, golds, punct)[2]
+    return precision_recall_f1(pred, golds, normalization)[2]
 
 
-def cover_exact_match(pred: str | None, golds: Any, punct: str = "remove") -> float:
+def cover_exact_match(pred: str | None, golds: Any, normalization: str = "squad") -> float:
     """1.0 if some normalised gold string occurs in the normalised prediction on token boundaries.
 
     That is, the gold's tokens appear contiguously and in order among the prediction's tokens
@@ -94,5 +110,24 @@ def cover_exact_match(pred: str | None, golds: Any, punct: str = "remove") -> fl
     """
     if pred is None:
         return 0.0
-    p = f" {normalize_answer(pred, punct)} "
-    return float(any(f" {normalize_answer(g, punct)} " in p for g in as_gold_list(golds)))
+    p = f" {normalize_answer(pred, normalization)} "
+    return float(any(f" {normalize_answer(g, normalization)} " in p for g in as_gold_list(golds)))
+
+
+def token_cover_match(pred: str | None, golds: Any, normalization: str = "squad") -> float:
+    """1.0 if every token of some normalised gold is among the normalised prediction's tokens, in any order and
+    counted once (R1-Searcher's Cover-EM, its ACC_R: "madison james" covers "james madison"). As in their code, a
+    gold that normalises to nothing is covered by any prediction."""
+    if pred is None:
+        return 0.0
+    p = set(normalize_answer(pred, normalization).split())
+    return float(any(all(t in p for t in normalize_answer(g, normalization).split()) for g in as_gold_list(golds)))
+
+
+def substring_exact_match(pred: str | None, golds: Any, normalization: str = "squad") -> float:
+    """1.0 if some normalised gold is a substring of the normalised prediction (Search-R1's sub-EM,
+    ``subem_check``: "james madisons" covers "james madison"; an empty gold is in every prediction)."""
+    if pred is None:
+        return 0.0
+    p = normalize_answer(pred, normalization)
+    return float(any(normalize_answer(g, normalization) in p for g in as_gold_list(golds)))

@@ -247,6 +247,7 @@ def cmd_prepare(args) -> int:
             split=args.split,
             dialect=args.dialect,
             template=args.template,
+            opens_think=args.open_think,
             scheme=args.scheme,
             fmt=args.format,
             sample=args.sample,
@@ -263,7 +264,8 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    """Evaluate a search policy on prepared benchmark files: EM, F1, cover-EM, LLM judge, searches, recall."""
+    """Evaluate a search policy on prepared benchmark files: the papers' metrics (EM, F1, ACC_R, sub-EM, LLM judge),
+    searches, retrieval recall."""
     from .evaluation.runner import EvalSettings, run_eval
 
     try:
@@ -287,7 +289,9 @@ def cmd_eval(args) -> int:
                 temperature=args.temperature,
                 top_p=args.top_p,
                 concurrency=args.concurrency,
+                protocol=args.protocol,
                 normalization=args.normalization,
+                judge_prompt=args.judge_prompt,
                 limit=args.limit,
                 judge_endpoint=args.judge_endpoint,
                 judge_model=args.judge_model,
@@ -416,6 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", help="recorded in extra_info.split")
     p.add_argument("--dialect", choices=sorted(DIALECTS), default="research")
     p.add_argument("--template", choices=TEMPLATES, default="instruct", help="instruct: chat messages; base: raw text")
+    p.add_argument(
+        "--open-think",
+        action=argparse.BooleanOptionalAction,
+        help="end prompts with the think open tag, so responses start inside a think block "
+        "(default: as the dialect's paper does: yes for r1_searcher, no otherwise)",
+    )
     p.add_argument("--scheme", choices=sorted(SCHEMES), help="reward scheme recorded in rows (default: the dialect's)")
     p.add_argument("--format", choices=sorted(FORMATS), help="record format (default: detected from the file)")
     p.add_argument("--sample", type=int, metavar="N", help="keep N rows (all inputs together), drawn with --seed")
@@ -459,7 +469,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--concurrency", type=int, default=8, help="rows (and judge requests) in flight at once")
-    p.add_argument("--normalization", choices=["squad", "space"], default="squad", help="answer normalisation")
+    p.add_argument(
+        "--protocol",
+        choices=["research", "r1_searcher", "search_r1"],
+        help="the paper whose metrics (names, definitions) and judge prompt to report (default: --scheme's paper)",
+    )
+    p.add_argument(
+        "--normalization", choices=["squad", "space", "r1_searcher"], help="answer normalisation (default: protocol's)"
+    )
+    p.add_argument(
+        "--judge-prompt",
+        choices=["yes_no", "research", "r1_searcher"],
+        help="how the judge is asked (default: protocol's)",
+    )
     p.add_argument("--limit", type=int, help="evaluate only the first N rows of each file")
     p.add_argument("--judge-endpoint", help="OpenAI-compatible chat endpoint of the LLM judge (e.g. .../v1)")
     p.add_argument("--judge-model", help="model name of the LLM judge")

@@ -113,8 +113,11 @@ def _last_block(text: str, open_tag: str, close_tag: str) -> str | None:
     return text[open_ + len(open_tag) : close]
 
 
-def extract_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` in ``text``, with nested braces balanced; None if absent/unclosed."""
+def extract_boxed(text: str, fallback: bool = True) -> str | None:
+    """Content of the last ``\\boxed{...}`` in ``text``, with nested braces balanced; None if absent.
+
+    When the last box is unclosed, an earlier closed one is taken with ``fallback``, else None (ReSearch's code).
+    """
     start = text.rfind("\\boxed{")
     while start >= 0:
         i = start + len("\\boxed{")
@@ -127,18 +130,20 @@ def extract_boxed(text: str) -> str | None:
                 depth -= 1
                 if depth == 0:
                     return text[i:j].strip()
-        # unclosed: try an earlier box
-        start = text.rfind("\\boxed{", 0, start)
+        if not fallback:
+            return None
+        start = text.rfind("\\boxed{", 0, start)  # unclosed: try an earlier box
     return None
 
 
-def extract_answer(text: str, dialect: Dialect) -> str | None:
-    """The final answer: ``\\boxed{}`` inside the last answer block for boxed dialects, else that block's text."""
+def extract_answer(text: str, dialect: Dialect, boxed_fallback: bool = True) -> str | None:
+    """The final answer: ``\\boxed{}`` inside the last answer block for boxed dialects, else that block's text
+    (``boxed_fallback``: see :func:`extract_boxed`)."""
     block = _last_block(text, dialect.answer_open, dialect.answer_close)
     if block is None:
         return None
     if dialect.boxed:
-        return extract_boxed(block)
+        return extract_boxed(block, boxed_fallback)
     return block.strip()
 
 

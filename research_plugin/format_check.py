@@ -8,6 +8,11 @@ A response is well formed when, scanning its tags left to right:
 * think tags are optional but balanced and not nested (queries may sit inside a think block);
 * there is exactly one answer block, outside any think block, with no tag inside it, and nothing but
   whitespace after it; for boxed dialects it holds a ``\\boxed{...}`` with balanced braces.
+
+Options follow the papers' code: ``opens_think`` (the prompt ended with the think open tag, as R1-Searcher's do, so
+the response starts inside a think block), ``require_think`` (at least one closed think block, as ReSearch's code
+requires) and ``boxed_fallback`` (False: an unclosed last ``\\boxed{`` fails even after a closed one, as ReSearch's
+code has it). :func:`check_search_r1_sequence` is Search-R1's stricter state machine (``is_valid_sequence``).
 """
 
 from __future__ import annotations
@@ -36,16 +41,24 @@ def _tag_pattern(d: Dialect) -> re.Pattern[str]:
     return re.compile("|".join(re.escape(t) for t in sorted(tags, key=len, reverse=True)))
 
 
-def check_format(text: str, dialect: str | Dialect) -> FormatReport:
-    """Check ``text`` against the dialect's format; never raises on any string."""
+def check_format(
+    text: str,
+    dialect: str | Dialect,
+    *,
+    opens_think: bool = False,
+    require_think: bool = False,
+    boxed_fallback: bool = True,
+) -> FormatReport:
+    """Check ``text`` against the dialect's format (options: see the module docstring); never raises on any string."""
     d = get_dialect(dialect)
     tags = _tag_pattern(d)
     num_queries = 0
+    thoughts = 0
 
     def bad(reason: str) -> FormatReport:
         return FormatReport(False, reason, num_queries)
 
-    in_think = False
+    in_think = opens_think
     awaiting_result: int | None = None  # end of the last query, until its result block starts
     pos = 0
     while (m := tags.search(text, pos)) is not None:
@@ -73,8 +86,11 @@ def check_format(text: str, dialect: str | Dialect) -> FormatReport:
             if not in_think:
                 return bad(f"stray {tag}")
             in_think = False
+            thoughts += 1
         elif tag == d.answer_open:
-            return _check_answer(text, pos, d, in_think, num_queries)
+            if require_think and not thoughts:
+                return bad("no think block")
+            return _check_answer(text, pos, d, in_think, num_queries, boxed_fallback)
         else:
             return bad(f"stray {tag}")
     if awaiting_result is not None:
@@ -84,7 +100,9 @@ def check_format(text: str, dialect: str | Dialect) -> FormatReport:
     return bad("no answer block")
 
 
-def _check_answer(text: str, start: int, d: Dialect, in_think: bool, num_queries: int) -> FormatReport:
+def _check_answer(
+    text: str, start: int, d: Dialect, in_think: bool, num_queries: int, boxed_fallback: bool
+) -> FormatReport:
     """The rest of the check once the answer open tag, ending at ``start``, has been read."""
 
     def bad(reason: str) -> FormatReport:
@@ -98,6 +116,45 @@ def _check_answer(text: str, start: int, d: Dialect, in_think: bool, num_queries
     rest = text[nxt.end() :]
     if rest.strip():
         return bad("more than one answer block" if d.answer_open in rest else "text after the answer block")
-    if d.boxed and extract_boxed(text[start : nxt.start()]) is None:
-        return bad("no \\boxed{} in the answer")
+    if d.boxed and extract_boxed(text[start : nxt.start()], boxed_fallback) is None:
+        return bad("no \\boxed{} in the answer" if boxed_fallback else "no closed last \\boxed{} in the answer")
+    return FormatReport(True, None, num_queries)
+
+
+def check_search_r1_sequence(text: str, dialect: str | Dialect = "search_r1") -> FormatReport:
+    """Search-R1's format (``is_valid_sequence`` of its format-shaped reward): exactly
+    ``(think, query, result)* think, answer`` with only whitespace between blocks and after the answer; never
+    raises. Result blocks are skipped whole (their code also parses tags inside retrieved documents)."""
+    d = get_dialect(dialect)
+    tags = _tag_pattern(d)
+    nxt = {  # state -> {tag: next state}; the *_open states are inside a block
+        "start": {d.think_open: "think_open"},
+        "think_open": {d.think_close: "thought"},
+        "thought": {d.query_open: "query_open", d.answer_open: "answer_open"},
+        "query_open": {d.query_close: "queried"},
+        "queried": {d.result_open: "result"},
+        "read": {d.think_open: "think_open"},
+        "answer_open": {d.answer_close: "done"},
+    }
+    state, pos, num_queries = "start", 0, 0
+    while (m := tags.search(text, pos)) is not None:
+        if not state.endswith("_open") and text[pos : m.start()].strip():
+            return FormatReport(False, f"text outside the blocks before {m.group()}", num_queries)
+        following = nxt.get(state, {}).get(m.group())
+        if following is None:
+            return FormatReport(False, f"{m.group()} out of order", num_queries)
+        pos = m.end()
+        if following == "result":
+            close = text.find(d.result_close, pos)
+            if close < 0:
+                return FormatReport(False, "unclosed result block", num_queries)
+            following, pos = "read", close + len(d.result_close)
+        num_queries += following == "queried"
+        state = following
+    if state != "done":
+        return FormatReport(
+            False, "no answer block" if state != "answer_open" else "unclosed answer block", num_queries
+        )
+    if text[pos:].strip():
+        return FormatReport(False, "text after the answer block", num_queries)
     return FormatReport(True, None, num_queries)

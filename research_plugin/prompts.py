@@ -2,6 +2,10 @@
 
 They carry the rules the papers give the policy: think in think tags, search with the dialect's query
 tags, read results in the result tags, answer once in answer tags (inside ``\\boxed{}`` for ReSearch).
+
+R1-Searcher's prompts end with the think open tag after ``Assistant:`` (and its chat prompts put it after the chat
+template's generation prompt), so the policy's response starts inside a think block: ``opens_think``. The reward's
+format check must then know it too: prepared rows carry ``extra_info["opens_think"]``.
 """
 
 from __future__ import annotations
@@ -42,13 +46,19 @@ def system_prompt(dialect: str | Dialect) -> str:
     return "You are a helpful assistant that answers questions with the help of search. " + _RULES[d.name]
 
 
-def base_prompt(question: str, dialect: str | Dialect) -> str:
-    """Raw prompt for base models: the rules, then ``User: {question}. Assistant:``."""
+OPENS_THINK_BY_DEFAULT = {"research": False, "r1_searcher": True, "search_r1": False}
+"""Whether a dialect's prompts open the think block (as its paper's code does)."""
+
+
+def base_prompt(question: str, dialect: str | Dialect, opens_think: bool = False) -> str:
+    """Raw prompt for base models: the rules, then ``User: {question}. Assistant:`` (`` <think>`` appended with
+    ``opens_think``)."""
     d = get_dialect(dialect)
-    return (
+    prompt = (
         f"A conversation between User and Assistant. The user asks a question. {_RULES[d.name]} "
         f"User: {question.strip()}. Assistant:"
     )
+    return f"{prompt} {d.think_open}" if opens_think else prompt
 
 
 def chat_messages(question: str, dialect: str | Dialect) -> list[dict[str, str]]:

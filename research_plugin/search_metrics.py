@@ -5,7 +5,7 @@ loop reports per trajectory. The trainer modes registered here (``search_sync``,
 ``search_separate_async``: verl's ``sync``, ``colocate_async`` and ``separate_async`` trainers plus this) add, each
 step, ``search/<key>/mean|min|max`` over the step's trajectories for:
 
-- the reward parts of ``research_plugin.compute_score``: score, f1, em, cover_em, format;
+- the reward parts of ``research_plugin.compute_score``: score, f1, em, cover_em, acc_r, subem, format, truncated;
 - the agent loop's counters: num_searches, num_failed_searches, num_invalid_queries, retrieved_tokens, retrieval_s.
 
 Also ``search/masked_tokens/sum`` (response tokens with ``response_mask`` 0, as the loss sees them) next to
@@ -26,7 +26,7 @@ from verl.trainer.ppo.v1.trainer_colocate_async import PPOTrainerColocateAsync
 from verl.trainer.ppo.v1.trainer_separate_async import PPOTrainerSeparateAsync
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
-REWARD_KEYS = ("score", "f1", "em", "cover_em", "format")
+REWARD_KEYS = ("score", "f1", "em", "cover_em", "acc_r", "subem", "format", "truncated")
 LOOP_KEYS = ("num_searches", "num_failed_searches", "num_invalid_queries", "retrieved_tokens", "retrieval_s")
 
 

@@ -26,7 +26,7 @@ from .prompts import chat_messages
 def scripted_response(row: dict, dialect: Dialect, results: list[str]) -> list[tuple[str, bool]]:
     """``(text, trained)`` segments of a two-search trajectory; ``results[i]`` is the result block of search i."""
     d = dialect
-    segments: list[tuple[str, bool]] = []
+    segments: list[tuple[str, bool]] = [(f"{d.think_open} Let me search step by step. {d.think_close}", True)]
     for i, step in enumerate(row["metadata"]["decomposition"]):
         query = step.split(" -> ")[0]
         segments += [(f"{d.query_open} {query} {d.query_close}", True), (results[i], False)]

@@ -1,7 +1,8 @@
 """Local stand-ins for what cannot run here, speaking the real OpenAI-compatible HTTP APIs on loopback:
 
 * ``FakeCompletions``: ``POST /v1/completions`` and ``GET /v1/models`` as ``vllm serve`` answers them (token-id
-  prompts, ``stop``, ``include_stop_str_in_output``, ``return_token_ids``, ``stop_reason``), or, with
+  prompts, ``stop``, ``include_stop_str_in_output``, ``return_token_ids``, ``stop_reason``, ``max_model_len`` in the
+  model card and HTTP 400 for a request that does not fit it), or, with
   ``vllm_extras=False``, as a server that ignores vLLM's extras (stop strings trimmed, SGLang's ``matched_stop``,
   no token ids). The continuation comes from a backend: the tiny HF model (:func:`hf_backend`) or a script.
 * ``FakeChat``: ``POST /v1/chat/completions`` for the LLM judge.
@@ -51,9 +52,20 @@ def scripted_backend(tokenizer, script: Callable[[str], str]) -> Backend:
 
 
 class FakeCompletions(LocalApp):
-    def __init__(self, tokenizer, model: str, backend: Backend, *, vllm_extras: bool = True, api_key=None) -> None:
+    def __init__(
+        self,
+        tokenizer,
+        model: str,
+        backend: Backend,
+        *,
+        vllm_extras: bool = True,
+        api_key=None,
+        max_model_len: int = 32768,
+        advertise_context: bool = True,
+    ) -> None:
         self.tokenizer, self.model, self.backend = tokenizer, model, backend
         self.vllm_extras, self.api_key = vllm_extras, api_key
+        self.max_model_len, self.advertise_context = max_model_len, advertise_context
         self.requests: list[dict] = []
         self.fail_next = 0  # answer this many requests with 503
         self._ids = itertools.count()
@@ -69,6 +81,8 @@ class FakeCompletions(LocalApp):
         if self._unauthorised(request):
             return _error(401, "Unauthorized", "authentication_error")
         card = {"id": self.model, "object": "model", "created": int(time.time()), "owned_by": "vllm"}
+        if self.advertise_context:
+            card["max_model_len"] = self.max_model_len
         return web.json_response({"object": "list", "data": [card]})
 
     async def _completions(self, request: web.Request) -> web.Response:
@@ -93,6 +107,14 @@ class FakeCompletions(LocalApp):
             return _error(400, "prompt must be a string or a non-empty list of token ids")
         if not isinstance(max_tokens, int) or max_tokens < 1:
             return _error(400, "max_tokens must be a positive integer")
+        if len(prompt_ids) + max_tokens > self.max_model_len:
+            return _error(
+                400,
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                f"{len(prompt_ids) + max_tokens} tokens ({len(prompt_ids)} in the messages, {max_tokens} in the "
+                "completion). Please reduce the length of the messages or completion.",
+                "BadRequestError",
+            )
         stops = body.get("stop") or []
         stops = [stops] if isinstance(stops, str) else stops
         params = {**body, "stop": stops, "max_tokens": max_tokens}

@@ -119,8 +119,57 @@ def test_two_searches_masks_exactly_the_results(tiny_model_dir, mini_corpus, mod
     assert nt["num_searches"][0] == 2 and nt["num_failed_searches"][0] == 0
     assert nt["retrieved_tokens"][0] == sum(1 for k in m if k == 0)
     assert nt["score"][0] == pytest.approx(1.0) and nt["f1"][0] == pytest.approx(1.0)
-    assert nt["format"][0] == 1.0
+    assert nt["format"][0] == 1.0 and nt["ended_by_eos"][0] and nt["truncated"][0] == 0.0
     assert out.batch["rm_scores"][0].sum().item() == pytest.approx(1.0)
+
+
+def test_a_truncated_trajectory_is_told_to_the_reward(tiny_model_dir, mini_corpus, model_and_tokenizer):
+    """ReSearch scores a response that ran out of budget 0: the loop tells the reward, which has only the text."""
+    model, tok = model_and_tokenizer
+
+    def answer_without_eos(prompt_text):  # a well-formed answer, then the budget runs out before EOS
+        done = two_hop_script(prompt_text)
+        return done.replace("<|im_end|>", " And more words" * 40) if "<answer>" in done else done
+
+    config = make_config(tiny_model_dir, bm25(mini_corpus))
+    row = [("Where was the founder of the Orvell Glassworks born?", "Keddle")]
+    ended = run_agent_loop(config, HFServer(model, tok, script=two_hop_script), make_batch(row)).non_tensor_batch
+    cut = run_agent_loop(config, HFServer(model, tok, script=answer_without_eos), make_batch(row)).non_tensor_batch
+    assert ended["ended_by_eos"][0] and ended["score"][0] == pytest.approx(1.0)
+    assert not cut["ended_by_eos"][0] and cut["truncated"][0] == 1.0
+    assert cut["score"][0] == 0.0 and cut["format"][0] == 0.0 and cut["f1"][0] == pytest.approx(1.0)
+    # the same text scored as a string, with no word from the loop, is not penalised
+    from research_plugin import compute_score
+
+    text = "<think> x </think> <answer> \\boxed{Keddle} </answer>"
+    assert compute_score("x", text, ["Keddle"])["score"] == 1.0
+    assert compute_score("x", text, ["Keddle"], extra_info={"ended_by_eos": False})["score"] == 0.0
+
+
+def test_a_row_whose_prompt_opens_a_think_block(tiny_model_dir, mini_corpus, model_and_tokenizer):
+    """R1-Searcher's prompts end with <think>: the chat prompt gets it after the generation prompt, and the format
+    check of the reward accepts a response that starts inside the think block."""
+    model, tok = model_and_tokenizer
+    d = DIALECTS["r1_searcher"]
+    seen = []
+
+    def script(prompt_text):
+        seen.append(prompt_text)
+        if d.result_open not in response_so_far(prompt_text):
+            return f" I need the founder. {d.think_close} {d.query_open} Orvell Glassworks founder {d.query_close}"
+        return f"{d.think_open} Found. {d.think_close} {d.answer_open} Ilsa Marrow {d.answer_close}<|im_end|>"
+
+    config = make_config(
+        tiny_model_dir, bm25(mini_corpus), 1024, extra=["reward.custom_reward_function.reward_kwargs.scheme=r1_stage2"]
+    )
+    batch = make_batch([("Who founded the Orvell Glassworks?", "Ilsa Marrow")] * 2, "r1_searcher")
+    batch.non_tensor_batch["extra_info"][0] = {"index": 0, "dialect": "r1_searcher", "opens_think": True}
+    out = run_agent_loop(config, HFServer(model, tok, script=script), batch)
+    nt = out.non_tensor_batch
+    assert response_so_far(seen[0]).startswith(d.think_open) or response_so_far(seen[1]).startswith(d.think_open)
+    assert sum(response_so_far(p) == d.think_open for p in seen) == 1  # only the row that asked for it
+    assert list(nt["format"]) == [1.0, 0.0]  # the second row's response closes a think block it never opened
+    assert nt["score"][0] == pytest.approx(1.0) and nt["score"][1] == pytest.approx(-1.0)
 
 
 def test_retriever_down_gives_finished_trajectory_with_error(tiny_model_dir, model_and_tokenizer):

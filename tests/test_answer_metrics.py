@@ -27,22 +27,22 @@ def test_normalize_squad(raw, expected):
 
 def test_normalize_punctuation_variants():
     assert normalize_answer("U.S.A.") == "usa"
-    assert normalize_answer("U.S.B.", punct="space") == "u s b"
+    assert normalize_answer("U.S.B.", normalization="space") == "u s b"
     # quirk of the space variant: the split-off "a" is then dropped as an article
-    assert normalize_answer("U.S.A.", punct="space") == "u s"
-    assert normalize_answer("Jean-Paul ‘Sartre’", punct="space") == "jean paul sartre"
+    assert normalize_answer("U.S.A.", normalization="space") == "u s"
+    assert normalize_answer("Jean-Paul ‘Sartre’", normalization="space") == "jean paul sartre"
     # a punctuation-glued article becomes a whole word only in the space variant
     assert normalize_answer("the-end") == "theend"
-    assert normalize_answer("the-end", punct="space") == "end"
+    assert normalize_answer("the-end", normalization="space") == "end"
     with pytest.raises(ValueError):
-        normalize_answer("x", punct="keep")
+        normalize_answer("x", normalization="keep")
 
 
 def test_exact_match():
     assert exact_match("The Eiffel Tower.", "eiffel tower") == 1.0
     assert exact_match("Eiffel Tower in Paris", "Eiffel Tower") == 0.0
     assert exact_match("usa", "U.S.A.") == 1.0
-    assert exact_match("usa", "U.S.A.", punct="space") == 0.0
+    assert exact_match("usa", "U.S.A.", normalization="space") == 0.0
     assert exact_match(None, "x") == 0.0
 
 
@@ -117,7 +117,7 @@ def test_cover_exact_match():
     assert cover_exact_match("Eiffel Towers", "Eiffel Tower") == 0.0  # token boundaries
     assert cover_exact_match("New York City", ["Boston", "new york"]) == 1.0
     assert cover_exact_match("The U.S.A.!", "usa") == 1.0
-    assert cover_exact_match("u s a", "U.S.A.", punct="space") == 1.0
+    assert cover_exact_match("u s a", "U.S.A.", normalization="space") == 1.0
     assert cover_exact_match("", "the") == 1.0  # empty gold only covered by empty prediction
     assert cover_exact_match("something", "the") == 0.0
     assert cover_exact_match(None, "x") == 0.0

@@ -129,12 +129,6 @@ any_text = st.one_of(st.text(), adversarial)
 golds = st.one_of(st.text(max_size=10), st.lists(st.text(max_size=10), max_size=3), st.just({"target": ["Paris"]}))
 dialects = st.sampled_from(sorted(DIALECTS))
 
-BOUNDS = {"research": (0.0, 1.0), "r1_stage1": (0.0, 1.0), "r1_stage2": (-2.0, 1.0), "search_r1_em": (0.0, 1.0)}
-
-
-def test_bounds_cover_every_scheme():
-    assert BOUNDS.keys() == SCHEMES.keys()
-
 
 @settings(max_examples=300, deadline=None)
 @given(text=any_text, name=dialects)
@@ -157,11 +151,11 @@ def test_parsers_never_raise(text, name):
 def test_compute_score_never_raises(text, gold, name, scheme):
     out = compute_score(data_source="fuzz", solution_str=text, ground_truth=gold, scheme=scheme, dialect=name)
     assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in out.values())
-    lo, hi = BOUNDS[scheme]
+    lo, hi = SCHEMES[scheme].bounds
     assert lo <= out["score"] <= hi
-    for key in ("f1", "em", "cover_em", "format"):
+    for key in ("f1", "em", "cover_em", "acc_r", "subem", "format", "truncated"):
         assert 0.0 <= out[key] <= 1.0
-    assert out["em"] <= out["cover_em"]
+    assert out["em"] <= out["cover_em"] <= out["acc_r"] and out["em"] <= out["subem"]
 
 
 @settings(max_examples=300, deadline=None)

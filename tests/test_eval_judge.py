@@ -16,10 +16,17 @@ KEY = "sk-test-secret-4242"
 
 
 def same_meaning(user_message: str) -> str:
-    """A judge that says yes when the prediction contains one of the gold answers (case-insensitively)."""
-    golds = re.search(r"^Gold answers: (.*)$", user_message, re.M).group(1).split(" | ")
+    """A judge that says yes when the prediction contains one of the gold answers (case-insensitively), in the
+    form the prompt asks for (yes/no, ReSearch's JSON judgement, R1-Searcher's True/False)."""
+    golds = re.search(r"^(?:Gold|Correct|Golden) answers?: (.*)$", user_message, re.M).group(1).split(" | ")
     prediction = re.search(r"^Predicted answer: (.*)$", user_message, re.M).group(1)
-    return "Yes." if any(g.lower() in prediction.lower() for g in golds) else "no"
+    same = any(g.lower() in prediction.lower() for g in golds)
+    if '"judgement"' in user_message:
+        verdict = "correct" if same else "incorrect"
+        return f'The prediction names the place. {{"rationale": "compared", "judgement": "{verdict}"}}'
+    if "Reply True" in user_message:
+        return "True" if same else "False"
+    return "Yes." if same else "no"
 
 
 ITEMS = [
@@ -81,7 +88,7 @@ def test_failures_are_recorded_with_bounded_retries_and_not_cached(chat, tmp_pat
     chat.status = 200
     chat.decide = lambda message: "I cannot tell."
     verdicts = make_judge(chat, tmp_path).judge_all(ITEMS[:1], progress=False)
-    assert verdicts[0].value is None and "neither yes nor no" in verdicts[0].error
+    assert verdicts[0].value is None and "holds no yes_no verdict" in verdicts[0].error
     assert not list((tmp_path / "cache").glob("*.json"))  # failures are not cached: a rerun asks again
 
     chat.decide = same_meaning

@@ -23,22 +23,25 @@ from research_plugin.evaluation.store import RowStore
 
 
 @pytest.mark.parametrize(
-    ("prediction", "golds", "em", "f1", "cover_em"),
+    ("prediction", "golds", "em", "f1", "cover_em", "acc_r", "subem"),
     [
-        ("Keddle", ["Keddle"], 1, 1, 1),
-        ("the town of Keddle", ["Keddle"], 0, 0.5, 1),  # "town of keddle": precision 1/3, recall 1
-        ("Quessa River", ["the Quessa", "Amber Sea"], 0, 2 / 3, 1),
-        ("Tamsk", ["Keddle", "Lune"], 0, 0, 0),
-        (None, ["Keddle"], 0, 0, 0),
-        ("U.S.A.", ["USA"], 1, 1, 1),
+        ("Keddle", ["Keddle"], 1, 1, 1, 1, 1),
+        ("the town of Keddle", ["Keddle"], 0, 0.5, 1, 1, 1),  # "town of keddle": precision 1/3, recall 1
+        ("Quessa River", ["the Quessa", "Amber Sea"], 0, 2 / 3, 1, 1, 1),
+        ("Tamsk", ["Keddle", "Lune"], 0, 0, 0, 0, 0),
+        (None, ["Keddle"], 0, 0, 0, 0, 0),
+        ("U.S.A.", ["USA"], 1, 1, 1, 1, 1),
+        ("Marrow Ilsa", ["Ilsa Marrow"], 0, 1, 0, 1, 0),  # tokens in any order: ACC_R only
+        ("Keddleton", ["Keddle"], 0, 0, 0, 0, 1),  # inside a word: sub-EM only
     ],
 )
-def test_answer_scores(prediction, golds, em, f1, cover_em):
-    assert answer_scores(prediction, golds) == pytest.approx({"em": em, "f1": f1, "cover_em": cover_em})
+def test_answer_scores(prediction, golds, em, f1, cover_em, acc_r, subem):
+    want = {"em": em, "f1": f1, "cover_em": cover_em, "acc_r": acc_r, "subem": subem}
+    assert answer_scores(prediction, golds) == pytest.approx(want)
 
 
 def test_r1_normalisation_keeps_punctuation_as_spaces():
-    assert answer_scores("U.S.A.", ["USA"], punct="space")["em"] == 0.0
+    assert answer_scores("U.S.A.", ["USA"], normalization="space")["em"] == 0.0
 
 
 def test_prediction_ignores_answers_inside_retrieved_text():
@@ -59,7 +62,7 @@ def test_retrieval_recall_needs_the_gold_on_token_boundaries():
 
 
 def _record(source, em, f1, cover_em, lj, fmt, searches, recall, tokens):
-    metrics = dict(em=em, f1=f1, cover_em=cover_em, lj=lj, format=fmt, num_searches=searches)
+    metrics = dict(em=em, f1=f1, cover_em=cover_em, acc_r=cover_em, subem=em, lj=lj, format=fmt, num_searches=searches)
     return {"data_source": source, "metrics": {**metrics, "retrieval_recall": recall, "response_tokens": tokens}}
 
 
@@ -82,15 +85,21 @@ def test_aggregate_and_table():
     avg = macro_average(per)
     assert avg["em"] == pytest.approx((1 + 1 / 3) / 2) and avg["rows"] == 4
 
-    lines = markdown_table(per).splitlines()
+    lines = markdown_table(per).splitlines()  # ReSearch's metrics
     assert lines[0] == "| Metric | bamboogle | musique | Average |"
     assert lines[2] == "| EM | 100.0 | 33.3 | 66.7 |"
     assert lines[3] == "| F1 | 100.0 | 50.0 | 75.0 |"
-    assert lines[4] == "| Cover-EM | 100.0 | 66.7 | 83.3 |"
-    assert lines[5] == "| LJ | 100.0 | 50.0 | 75.0 |"
+    assert lines[4] == "| LJ | 100.0 | 50.0 | 75.0 |"
     assert "| Malformed % | 0.0 | 33.3 | 16.7 |" in lines
     assert lines[-1] == "| Questions | 1 | 3 | 4 |"
     assert "Average" not in markdown_table({"musique": m})
+    r1 = markdown_table(per, "r1_searcher").splitlines()
+    assert (
+        r1[2] == "| ACC_R (Cover-EM) | 100.0 | 66.7 | 83.3 |" and r1[3] == "| ACC_L (LLM judge) | 100.0 | 50.0 | 75.0 |"
+    )
+    search_r1 = markdown_table(per, "search_r1").splitlines()
+    assert search_r1[2] == "| EM | 100.0 | 33.3 | 66.7 |" and search_r1[3] == "| sub-EM | 100.0 | 33.3 | 66.7 |"
+    assert not any(line.startswith("| LJ") for line in search_r1)
 
 
 def test_row_record_scores_the_trajectory():
@@ -101,14 +110,14 @@ def test_row_record_scores_the_trajectory():
         "<think> hm </think> <search> Ilsa Marrow </search>\n\n<result>\nDoc 1 (Title: Ilsa) born in Keddle\n"
         "</result>\n\n<answer> \\boxed{the town of Keddle} </answer>"
     )
-    traj = Trajectory(
-        response, ["<result>", "Doc 1 (Title: Ilsa) born in Keddle", "</result>"], "research", 0.5, 1, 0, 0, 12, 40, 28
-    )
-    rec = row_record(row, traj, "remove")
+    retrieved = ["<result>", "Doc 1 (Title: Ilsa) born in Keddle", "</result>"]
+    traj = Trajectory(response, retrieved, "research", 0.5, 1, 0, 0, 12, 40, 28, ended_by_eos=True)
+    rec = row_record(row, traj, "squad")
     assert rec["prediction"] == "the town of Keddle" and rec["gold"] == ["Keddle"] and rec["id"] == "q1"
-    assert rec["trajectory"] == response and rec["format_error"] is None
+    assert rec["trajectory"] == response and rec["format_error"] is None and rec["ended_by_eos"] is True
     assert rec["metrics"] == {
-        "em": 0.0, "f1": 0.5, "cover_em": 1.0, "lj": None, "reward": 0.5, "format": 1.0, "num_searches": 1,
+        "em": 0.0, "f1": 0.5, "cover_em": 1.0, "acc_r": 1.0, "subem": 1.0, "lj": None, "reward": 0.5, "format": 1.0,
+        "num_searches": 1,
         "num_failed_searches": 0, "num_invalid_queries": 0, "retrieval_recall": 1.0, "response_tokens": 40,
         "generated_tokens": 28, "retrieved_tokens": 12,
     }  # fmt: skip

@@ -127,8 +127,14 @@ def test_local_model_and_completions_endpoint_give_the_same_rows(bench, tiny_mod
 def scripted(tokenizer):
     """A policy that follows orders: for each question, what to write before and after its first search."""
     plan = {
-        QUESTIONS[0]["question"]: (" <search> Ambrel </search>", " <answer> The answer is \\boxed{Ambrel} </answer>"),
-        QUESTIONS[2]["question"]: (" <search> Saltreach </search>", " <answer> \\boxed{near Saltreach} </answer>"),
+        QUESTIONS[0]["question"]: (
+            " <think> One search. </think> <search> Ambrel </search>",
+            " <answer> The answer is \\boxed{Ambrel} </answer>",
+        ),
+        QUESTIONS[2]["question"]: (
+            " <think> One search. </think> <search> Saltreach </search>",
+            " <answer> \\boxed{near Saltreach} </answer>",
+        ),
         QUESTIONS[4]["question"]: ("I do not know.", None),
     }
 
@@ -176,9 +182,8 @@ def test_scripted_policy_scores_known_values_with_the_judge(tiny_model_dir, toke
         assert exact["prediction"] == "Ambrel" and cover["prediction"] == "near Saltreach"
         assert exact["trajectory"].count("<result>") == 1 and "Doc 1 (Title: Ambrel)" in exact["trajectory"]
         assert exact["metrics"]["em"] == 1.0 and exact["metrics"]["format"] == 1.0
-        assert {k: cover["metrics"][k] for k in ("em", "f1", "cover_em")} == answer_scores(
-            "near Saltreach", ["Saltreach"]
-        )
+        scores = answer_scores("near Saltreach", ["Saltreach"])
+        assert {k: cover["metrics"][k] for k in scores} == scores
         for r in (exact, cover):
             assert r["metrics"]["num_searches"] == 1 and r["metrics"]["retrieval_recall"] == 1.0
             assert r["metrics"]["lj"] == 1.0 and r["metrics"]["reward"] > 0.1  # the ReSearch reward: F1 when > 0
@@ -199,6 +204,19 @@ def test_scripted_policy_scores_known_values_with_the_judge(tiny_model_dir, toke
         )
         table = (tmp_path / "out" / "results.md").read_text().splitlines()
         assert "| EM | 50.0 | 0.0 | 25.0 |" in table and "| LJ | 100.0 | 0.0 | 50.0 |" in table
+        # the protocol the numbers follow: ReSearch's metrics and judge (the scheme's paper), retrieval, subset
+        protocol = summary["protocol"]
+        assert protocol["name"] == "research" and list(protocol["metrics"]) == ["EM", "F1", "LJ"]
+        assert protocol["normalization"] == "squad" and protocol["judge"] == {
+            "model": "judge-model",
+            "prompt": "research",
+        }
+        assert (
+            protocol["retriever"] == "demo"
+            and protocol["top_k"] == 1
+            and protocol["subset"]["rows"] == {"hotpotqa": 2, "nq": 1}
+        )
+        assert all('"judgement"' in r["messages"][-1]["content"] for r in chat.requests)
         for path in (tmp_path / "out").rglob("*"):
             assert path.is_dir() or "policy-secret-77" not in path.read_text()
 
@@ -295,3 +313,29 @@ def test_rerun_with_other_settings_or_bad_data_is_refused(bench, tiny_model_dir,
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2 and "bad.parquet: row 1: no reward_model.ground_truth" in proc.stderr
+
+
+def test_a_server_context_smaller_than_the_response_budget(bench, tiny_model_dir, tokenizer, tmp_path, capsys):
+    """As a new user meets vLLM's own server: the default budget (8192) exceeds its context. The context comes from
+    /v1/models and bounds every request; the same server without it in its model card answers HTTP 400."""
+    from transformers import AutoModelForCausalLM
+
+    from research_plugin.hf_generation import HFGenerationServer
+
+    server = HFGenerationServer(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer)
+    fake = FakeCompletions(tokenizer, "tiny-qwen2", hf_backend(server), max_model_len=400)
+    hidden = FakeCompletions(tokenizer, "tiny-qwen2", hf_backend(server), max_model_len=400, advertise_context=False)
+    try:
+        common = dict(tokenizer=str(tiny_model_dir), concurrency=2, limit=2)
+        summary = run_eval(settings(bench, fake.url("/v1"), tmp_path / "bounded", **common))
+        said = capsys.readouterr().out
+        failed = run_eval(settings(bench, hidden.url("/v1"), tmp_path / "unbounded", **common))
+    finally:
+        fake.stop()
+        hidden.stop()
+    assert summary["settings"]["response_length"] == 8192 and summary["failed"] == 0 and summary["evaluated"] == 4
+    assert all(len(r["prompt"]) + r["max_tokens"] <= 400 for r in fake.requests)
+    assert said.count("serves a context of 400 tokens") == 1
+    # the untrained model writes on until the context is full: those trajectories are recorded as truncated
+    assert any(row["ended_by_eos"] is False for row in rows_of(tmp_path / "bounded"))
+    assert failed["failed"] == 4 and "HTTP 400" in failed["first_failures"][0]

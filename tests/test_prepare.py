@@ -161,9 +161,17 @@ def test_base_template_and_dialect(tmp_path):
     for _, row in df.iterrows():
         (message,) = row.prompt
         assert message["role"] == "user"
-        assert message["content"] == base_prompt(row.extra_info["question"], "r1_searcher")
+        # R1-Searcher's prompts open the think block after "Assistant:", and the row says so for the reward
+        assert message["content"] == base_prompt(row.extra_info["question"], "r1_searcher", opens_think=True)
+        assert message["content"].endswith("Assistant: <think>") and row.extra_info["opens_think"]
         assert row.extra_info["template"] == "base" and row.extra_info["dialect"] == "r1_searcher"
         assert row.extra_info["scheme"] == "r1_stage1"
+    run(FIXTURES / "popqa_test.jsonl", out, dialect="r1_searcher", template="base", opens_think=False)
+    row = pd.read_parquet(out).iloc[0]
+    assert row.prompt[0]["content"].endswith("Assistant:") and not row.extra_info["opens_think"]
+    run(FIXTURES / "popqa_test.jsonl", out, dialect="research", template="base")
+    row = pd.read_parquet(out).iloc[0]
+    assert row.prompt[0]["content"].endswith("Assistant:") and not row.extra_info["opens_think"]
 
 
 def test_default_scheme_follows_the_dialect():

@@ -36,7 +36,10 @@ def test_research_scheme():
             "f1": 0.0,
             "em": 0.0,
             "cover_em": 0.0,
+            "acc_r": 0.0,
+            "subem": 0.0,
             "format": 0.0,
+            "truncated": 0.0,
             "num_searches": 0,
             "num_failed_searches": 0.0,
             "retrieved_tokens": 0.0,
@@ -172,7 +175,7 @@ def test_malformed_solution_does_not_raise(solution):
 
 
 def test_bad_options():
-    with pytest.raises(ValueError, match="research.*search_r1_em"):
+    with pytest.raises(ValueError, match="research.*search_r1_em.*search_r1_format"):
         score("x", "x", scheme="nope")
     with pytest.raises(ValueError, match="metric"):
         score("x", "x", scheme="r1_stage2", metric="bleu")

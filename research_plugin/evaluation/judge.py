@@ -1,6 +1,11 @@
 """LLM-as-judge: does a predicted answer mean the same as any gold answer? Asked of an OpenAI-compatible
-``/v1/chat/completions`` endpoint; verdicts are cached on disk, one JSON file per (model, question, golds,
-prediction), so a rerun asks nothing twice. A failed request is recorded (bounded retries), never raised."""
+``/v1/chat/completions`` endpoint; verdicts are cached on disk, one JSON file per (model, prompt, question, golds,
+prediction), so a rerun asks nothing twice. A failed request is recorded (bounded retries), never raised.
+
+The question is asked as one of :data:`JUDGE_PROMPTS`: ``yes_no`` (a one-word verdict), ``research`` (as
+ReSearch's judge is asked: reason first, then a JSON judgement ``correct`` / ``incorrect``) or ``r1_searcher``
+(as R1-Searcher's: ``True`` / ``False``, the prediction must carry the gold answer's meaning and key facts). The
+wording is ours; the protocols are the papers'."""
 
 from __future__ import annotations
 
@@ -23,15 +28,60 @@ from .http_json import RequestFailed, api_url, post_json
 
 logger = logging.getLogger(__name__)
 
-SYSTEM_PROMPT = "You grade answers to questions. Reply with a single word: yes or no."
-USER_PROMPT = (
-    "Question: {question}\n"
-    "Gold answers: {golds}\n"
-    "Predicted answer: {prediction}\n\n"
-    "Does the predicted answer mean the same as any of the gold answers? Minor differences in wording, "
-    "spelling or detail do not matter. Reply yes or no."
-)
-_VERDICT = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
+
+@dataclass(frozen=True)
+class JudgePrompt:
+    name: str
+    system: str
+    user: str
+    """Formatted with ``question``, ``golds`` (`` | ``-joined) and ``prediction``."""
+    verdict: re.Pattern[str]
+    """Searched in the reply; group 1 is a word of ``positive`` or another verdict word."""
+    positive: tuple[str, ...]
+    max_tokens: int
+
+    def parse(self, reply: str) -> float | None:
+        match = self.verdict.search(reply)
+        return None if match is None else float(match.group(1).lower() in self.positive)
+
+
+JUDGE_PROMPTS = {
+    p.name: p
+    for p in (
+        JudgePrompt(
+            "yes_no",
+            "You grade answers to questions. Reply with a single word: yes or no.",
+            "Question: {question}\nGold answers: {golds}\nPredicted answer: {prediction}\n\n"
+            "Does the predicted answer mean the same as any of the gold answers? Minor differences in wording, "
+            "spelling or detail do not matter. Reply yes or no.",
+            re.compile(r"^\W*(yes|no)\b", re.IGNORECASE),
+            ("yes",),
+            16,
+        ),
+        JudgePrompt(
+            "research",
+            "You judge whether a predicted answer to a question is right, given the list of correct answers.",
+            "Question: {question}\nCorrect answers: {golds}\nPredicted answer: {prediction}\n\n"
+            "The prediction need not match any correct answer word for word, but it must mean the same as at "
+            "least one of them. First explain your reasoning in one or two sentences, then reply with a JSON "
+            'object: {{"rationale": "...", "judgement": "correct"}} or {{"rationale": "...", '
+            '"judgement": "incorrect"}}.',
+            re.compile(r'"judgement"\s*:\s*"(correct|incorrect)"', re.IGNORECASE),
+            ("correct",),
+            512,
+        ),
+        JudgePrompt(
+            "r1_searcher",
+            "You check answers against a golden answer.",
+            "Question: {question}\nGolden answer: {golds}\nPredicted answer: {prediction}\n\n"
+            "Is the predicted answer correct? It is correct when it agrees with the golden answer in meaning and "
+            "carries its key information. Reply True if it is correct and False if it is not.",
+            re.compile(r"^\W*(true|false)\b", re.IGNORECASE),
+            ("true",),
+            16,
+        ),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -68,21 +118,26 @@ class LLMJudge:
         max_retries: int = 3,
         backoff: float = 1.0,
         concurrency: int = 8,
-        max_tokens: int = 16,
+        prompt: str = "yes_no",
     ) -> None:
+        if prompt not in JUDGE_PROMPTS:
+            raise ValueError(f"judge prompt must be one of {sorted(JUDGE_PROMPTS)}, not {prompt!r}")
         self.url = api_url(endpoint, "chat/completions")
         self.model = model
+        self.prompt = JUDGE_PROMPTS[prompt]
         self.cache_dir = Path(cache_dir)
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff = backoff
         self.concurrency = concurrency
-        self.max_tokens = max_tokens
         key = os.environ.get(api_key_env, "")
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
 
     def _cache_path(self, item: JudgeItem) -> Path:
-        key = json.dumps([self.model, item.question, sorted(item.golds), item.prediction], ensure_ascii=False)
+        parts = [self.model, item.question, sorted(item.golds), item.prediction]
+        if self.prompt.name != "yes_no":  # the first prompt's cache files keep their names
+            parts.append(self.prompt.name)
+        key = json.dumps(parts, ensure_ascii=False)
         return self.cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
 
     def _cached(self, path: Path) -> Verdict | None:
@@ -99,6 +154,7 @@ class LLMJudge:
         """Write one cache file atomically; a failure is logged, not raised."""
         record = {
             "model": self.model,
+            "prompt": self.prompt.name,
             "question": item.question,
             "golds": list(item.golds),
             "prediction": item.prediction,
@@ -119,12 +175,13 @@ class LLMJudge:
                     os.unlink(tmp)
 
     def _payload(self, item: JudgeItem) -> dict:
-        user = USER_PROMPT.format(question=item.question, golds=" | ".join(item.golds), prediction=item.prediction)
+        p = self.prompt
+        user = p.user.format(question=item.question, golds=" | ".join(item.golds), prediction=item.prediction)
         return {
             "model": self.model,
-            "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}],
+            "messages": [{"role": "system", "content": p.system}, {"role": "user", "content": user}],
             "temperature": 0,
-            "max_tokens": self.max_tokens,
+            "max_tokens": p.max_tokens,
         }
 
     async def _judge(self, session: aiohttp.ClientSession, item: JudgeItem) -> Verdict:
@@ -148,10 +205,9 @@ class LLMJudge:
             return Verdict(None, str(e), "error")
         except (KeyError, IndexError, TypeError):
             return Verdict(None, f"malformed chat completions response: {str(data)[:200]}", "error")
-        match = _VERDICT.match(reply) if isinstance(reply, str) else None
-        if match is None:
-            return Verdict(None, f"judge reply is neither yes nor no: {str(reply)[:100]!r}", "error")
-        verdict = 1.0 if match.group(1).lower() == "yes" else 0.0
+        verdict = self.prompt.parse(reply) if isinstance(reply, str) else None
+        if verdict is None:
+            return Verdict(None, f"judge reply holds no {self.prompt.name} verdict: {str(reply)[:100]!r}", "error")
         self._store(path, item, verdict, reply)
         return Verdict(verdict)
 

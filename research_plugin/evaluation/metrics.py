@@ -6,14 +6,18 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..answer_metrics import cover_exact_match, exact_match, f1_score
+from ..answer_metrics import cover_exact_match
 from ..dialects import extract_answer, get_dialect, strip_results
 from ..format_check import check_format
+from ..rewards import METRICS
+from .protocols import PROTOCOLS
 
 MEANS = (
     "em",
     "f1",
     "cover_em",
+    "acc_r",
+    "subem",
     "lj",
     "reward",
     "format",
@@ -26,18 +30,6 @@ MEANS = (
 )
 """Row metrics averaged per benchmark (``lj`` over the rows the judge answered)."""
 
-TABLE_ROWS = (
-    ("EM", "em", 100, 1),
-    ("F1", "f1", 100, 1),
-    ("Cover-EM", "cover_em", 100, 1),
-    ("LJ", "lj", 100, 1),
-    ("Searches / question", "num_searches", 1, 2),
-    ("Response tokens", "response_tokens", 1, 0),
-    ("Retrieval recall", "retrieval_recall", 100, 1),
-    ("Malformed %", "malformed", 100, 1),
-)
-"""(label, summary key, scale, decimals) of the markdown table's rows."""
-
 
 def prediction_of(response: str, dialect: str) -> str | None:
     """The final answer the policy wrote (result blocks ignored), as the rewards read it; None when absent."""
@@ -45,22 +37,18 @@ def prediction_of(response: str, dialect: str) -> str | None:
     return extract_answer(strip_results(response, d), d)
 
 
-def answer_scores(prediction: str | None, golds: Sequence[str], punct: str = "remove") -> dict[str, float]:
-    """EM, F1 and cover-EM of ``prediction`` against the best gold answer (official normalisation by default)."""
-    return {
-        "em": exact_match(prediction, golds, punct),
-        "f1": f1_score(prediction, golds, punct),
-        "cover_em": cover_exact_match(prediction, golds, punct),
-    }
+def answer_scores(prediction: str | None, golds: Sequence[str], normalization: str = "squad") -> dict[str, float]:
+    """Every answer metric (EM, F1, cover-EM, ACC_R, sub-EM) of ``prediction`` against the best gold answer."""
+    return {name: fn(prediction, golds, normalization) for name, fn in METRICS.items()}
 
 
-def retrieval_recall(retrieved: Iterable[str], golds: Sequence[str], punct: str = "remove") -> float:
+def retrieval_recall(retrieved: Iterable[str], golds: Sequence[str], normalization: str = "squad") -> float:
     """1.0 when some retrieved passage contains a gold answer (normalised, on token boundaries), else 0.0."""
-    return float(any(cover_exact_match(text, golds, punct) for text in retrieved))
+    return float(any(cover_exact_match(text, golds, normalization) for text in retrieved))
 
 
-def format_report(response: str, dialect: str) -> tuple[bool, str | None]:
-    report = check_format(response, dialect)
+def format_report(response: str, dialect: str, opens_think: bool = False) -> tuple[bool, str | None]:
+    report = check_format(response, dialect, opens_think=opens_think)
     return report.ok, report.reason
 
 
@@ -94,14 +82,15 @@ def macro_average(per_source: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]
     return out
 
 
-def markdown_table(per_source: Mapping[str, Mapping[str, Any]]) -> str:
-    """Benchmarks as columns (plus their average when there are several), metrics as rows, like the papers."""
+def markdown_table(per_source: Mapping[str, Mapping[str, Any]], protocol: str = "research") -> str:
+    """Benchmarks as columns (plus their average when there are several), the ``protocol``'s metrics as rows under
+    its paper's names, like the papers."""
     columns = dict(per_source)
     if len(columns) > 1:
         columns["Average"] = macro_average(per_source)
     header = ["Metric", *columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(columns)) + "|"]
-    for label, key, scale, decimals in TABLE_ROWS:
+    for label, key, scale, decimals in PROTOCOLS[protocol].table_rows():
         cells = [label]
         for stats in columns.values():
             value = stats.get(key)

@@ -30,6 +30,11 @@ class CompletionsPolicy:
     text is tokenised here, with a stop string the server trimmed (SGLang's ``matched_stop``, vLLM's
     ``stop_reason``) put back. Failed requests are retried (bounded) and then raise
     :class:`~.http_json.RequestFailed`. Log-probs are not requested.
+
+    ``context_length`` (the served model's ``max_model_len``, read from ``GET /v1/models``) bounds each request's
+    ``max_tokens`` to what its prompt leaves of the context, so a response budget larger than the server's context
+    never turns into HTTP 400s; the first time it does, one line says so. A response cut by the server's limit is
+    reported to the agent loop (``finish_reason: length``), which ends the trajectory as truncated.
     """
 
     def __init__(
@@ -43,6 +48,7 @@ class CompletionsPolicy:
         timeout: float = 600.0,
         max_retries: int = 3,
         backoff: float = 1.0,
+        context_length: int | None = None,
     ) -> None:
         if prompt_as not in ("ids", "text"):
             raise ValueError(f"prompt_as must be 'ids' or 'text', not {prompt_as!r}")
@@ -55,6 +61,22 @@ class CompletionsPolicy:
         self.backoff = backoff
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._session: aiohttp.ClientSession | None = None
+        self.context_length = context_length
+        self._said_bounded = False
+
+    def _max_tokens(self, prompt_ids: list[int], params: dict[str, Any]) -> int:
+        """The request's ``max_tokens``, bounded by what the prompt leaves of the server's context."""
+        wanted = int(params["max_tokens"])
+        if self.context_length is None or len(prompt_ids) + wanted <= self.context_length:
+            return wanted
+        if not self._said_bounded:
+            self._said_bounded = True
+            print(
+                f"eval: {self.model} serves a context of {self.context_length} tokens; requests ask for at most what "
+                f"their prompt leaves of it (here {max(0, self.context_length - len(prompt_ids))} of the "
+                f"{wanted} tokens left in the response budget)"
+            )
+        return self.context_length - len(prompt_ids)
 
     def _payload(self, prompt_ids: list[int], params: dict[str, Any]) -> dict[str, Any]:
         prompt: list[int] | str = list(prompt_ids)
@@ -63,7 +85,7 @@ class CompletionsPolicy:
         payload: dict[str, Any] = {
             "model": self.model,
             "prompt": prompt,
-            "max_tokens": int(params["max_tokens"]),
+            "max_tokens": self._max_tokens(prompt_ids, params),
             "temperature": float(params.get("temperature", 1.0)),
             "top_p": float(params.get("top_p", 1.0)),
             "stop": list(params.get("stop") or []),
@@ -100,34 +122,48 @@ class CompletionsPolicy:
         return ids[: int(params["max_tokens"])]
 
     async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any], **_: Any):
+        payload = self._payload(prompt_ids, sampling_params)
+        if payload["max_tokens"] <= 0:  # the prompt fills the server's context: nothing more can be generated
+            return TokenOutput(token_ids=[], stop_reason="completed", extra_fields={"finish_reason": "length"})
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         data = await post_json(
-            self._session,
-            self.url,
-            self._payload(prompt_ids, sampling_params),
-            headers=self._headers,
-            max_retries=self.max_retries,
-            backoff=self.backoff,
+            self._session, self.url, payload, headers=self._headers, max_retries=self.max_retries, backoff=self.backoff
         )
-        return TokenOutput(token_ids=self._token_ids(data, sampling_params), stop_reason="completed")
+        ids = self._token_ids(data, {**sampling_params, "max_tokens": payload["max_tokens"]})
+        finish = data["choices"][0].get("finish_reason")
+        extra = {"finish_reason": "length"} if finish == "length" else {}
+        return TokenOutput(token_ids=ids, stop_reason="completed", extra_fields=extra)
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
 
 
-def served_models(url: str, api_key: str | None = None, timeout: float = 30.0) -> list[str]:
-    """Model ids of ``GET /v1/models``; ``ValueError`` when the endpoint cannot be asked."""
+CONTEXT_KEYS = ("max_model_len", "context_length", "max_context_length")
+"""Where OpenAI-compatible servers put a model's context in ``/v1/models`` (vLLM and SGLang: ``max_model_len``)."""
+
+
+def served_models(url: str, api_key: str | None = None, timeout: float = 30.0) -> dict[str, int | None]:
+    """``{model id: its context length, or None}`` from ``GET /v1/models``; ``ValueError`` when it cannot be had."""
     request = urllib.request.Request(api_url(url, "models"))
     if api_key:
         request.add_header("Authorization", f"Bearer {api_key}")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             data = json.loads(resp.read())
-        return [str(m["id"]) for m in data["data"]]
+        cards = {str(m["id"]): m for m in data["data"]}
     except (OSError, ValueError, KeyError, TypeError) as e:  # URLError is an OSError
         raise ValueError(f"cannot list the models of {url}: {e}") from e
+    return {model: _context(card) for model, card in cards.items()}
+
+
+def _context(card: Any) -> int | None:
+    for key in CONTEXT_KEYS:
+        value = card.get(key) if isinstance(card, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 @dataclass
@@ -160,12 +196,17 @@ def load_policy(
 
     if model.startswith(("http://", "https://")):
         api_key = os.environ.get(api_key_env) if api_key_env else None
-        if served_model is None or tokenizer is None:
-            ids = served_models(model, api_key)
-            if not ids:
+        try:
+            models = served_models(model, api_key)
+        except ValueError:
+            if served_model is None or tokenizer is None:
+                raise
+            models = {}  # a server without /v1/models: named explicitly, its context is not known
+        if served_model is None:
+            if not models:
                 raise ValueError(f"{model} serves no models")
-            served_model = served_model or ids[0]
-            tokenizer = tokenizer or served_model
+            served_model = next(iter(models))
+        tokenizer = tokenizer or served_model
         model_dir = Path(tokenizer)
         if not (model_dir / "config.json").is_file():
             raise ValueError(
@@ -174,7 +215,14 @@ def load_policy(
             )
         tok = AutoTokenizer.from_pretrained(model_dir)
         server = CompletionsPolicy(
-            model, served_model, tok, prompt_as=prompt_as, api_key=api_key, timeout=timeout, max_retries=max_retries
+            model,
+            served_model,
+            tok,
+            prompt_as=prompt_as,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            context_length=models.get(served_model),
         )
         return Policy(server, model_dir, f"{served_model} at {server.url}")
 

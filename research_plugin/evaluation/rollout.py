@@ -34,6 +34,8 @@ class Trajectory:
     response_tokens: int
     generated_tokens: int
     """Response tokens the policy wrote itself (``response_mask`` 1)."""
+    ended_by_eos: bool
+    """The policy ended the trajectory (EOS), not the response budget or the server's context."""
 
 
 def eval_config(
@@ -108,6 +110,7 @@ def _trajectory(out, tokenizer, response_length: int) -> Trajectory:
         retrieved_tokens=int(nt["retrieved_tokens"][0]),
         response_tokens=len(ids),
         generated_tokens=int(sum(mask)),
+        ended_by_eos=bool(nt["ended_by_eos"][0]),
     )
 
 

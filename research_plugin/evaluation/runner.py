@@ -16,13 +16,14 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ..answer_metrics import NORMALIZATIONS
 from .data import EvalRow, load_rows
-from .judge import JudgeItem, LLMJudge
+from .judge import JUDGE_PROMPTS, JudgeItem, LLMJudge
 from .metrics import aggregate, answer_scores, format_report, macro_average, markdown_table, prediction_of
 from .metrics import retrieval_recall as recall_of
+from .protocols import PROTOCOLS, protocol_for_scheme
 from .store import RowStore
 
-NORMALIZATIONS = {"squad": "remove", "space": "space"}
 RUN_IDENTITY = (
     "model",
     "retriever",
@@ -38,6 +39,7 @@ RUN_IDENTITY = (
     "temperature",
     "top_p",
     "top_k_sampling",
+    "protocol",
     "normalization",
 )
 """Settings that shape a row's result: a rerun into the same ``out`` must have the same ones."""
@@ -72,7 +74,13 @@ class EvalSettings:
     top_p: float = 1.0
     top_k_sampling: int = -1
     concurrency: int = 8
-    normalization: str = "squad"
+    protocol: str | None = None
+    """The paper whose metrics, names and judge prompt to report (``research``, ``r1_searcher``, ``search_r1``);
+    ``None``: the paper of ``scheme``."""
+    normalization: str | None = None
+    """Answer normalisation of every metric; ``None``: the protocol's."""
+    judge_prompt: str | None = None
+    """The LLM judge's prompt (:data:`~.judge.JUDGE_PROMPTS`); ``None``: the protocol's."""
     limit: int | None = None
     """Evaluate the first ``limit`` rows of each file."""
     judge_endpoint: str | None = None
@@ -84,15 +92,25 @@ class EvalSettings:
     seed: int = 0
     progress: bool = True
 
-    def with_agent_defaults(self) -> EvalSettings:
-        """A copy whose unset search-agent settings hold the agent loop's defaults."""
+    def with_defaults(self) -> EvalSettings:
+        """A copy whose unset settings hold their defaults: the agent loop's (``SearchAgentConfig``) for the search
+        agent, the protocol's for normalisation and judge prompt."""
         from research_plugin.agent_loop import SearchAgentConfig
 
-        unset = [name for name in AGENT_SETTINGS if getattr(self, name) is None]
-        return replace(self, **{name: getattr(SearchAgentConfig, name) for name in unset})
+        unset = {name: getattr(SearchAgentConfig, name) for name in AGENT_SETTINGS if getattr(self, name) is None}
+        if self.protocol is not None and self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, not {self.protocol!r}")
+        protocol = PROTOCOLS[self.protocol] if self.protocol else protocol_for_scheme(self.scheme)
+        return replace(
+            self,
+            **unset,
+            protocol=protocol.name,
+            normalization=self.normalization or protocol.normalization,
+            judge_prompt=self.judge_prompt or protocol.judge_prompt,
+        )
 
     def run_identity(self) -> dict[str, Any]:
-        settings = asdict(self.with_agent_defaults())
+        settings = asdict(self.with_defaults())
         return {k: settings[k] for k in RUN_IDENTITY}
 
 
@@ -109,10 +127,10 @@ def _check_resume(out: Path, identity: dict[str, Any]) -> None:
     path.write_text(json.dumps(identity, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def row_record(row: EvalRow, traj, punct: str) -> dict[str, Any]:
+def row_record(row: EvalRow, traj, normalization: str) -> dict[str, Any]:
     """The per-row result: what was asked, what the policy did and answered, and its metrics."""
     prediction = prediction_of(traj.response, traj.dialect)
-    format_ok, format_error = format_report(traj.response, traj.dialect)
+    format_ok, format_error = format_report(traj.response, traj.dialect, bool(row.extra_info.get("opens_think")))
     return {
         "key": row.key,
         "data_source": row.data_source,
@@ -123,15 +141,16 @@ def row_record(row: EvalRow, traj, punct: str) -> dict[str, Any]:
         "dialect": traj.dialect,
         "trajectory": traj.response,
         "format_error": format_error,
+        "ended_by_eos": traj.ended_by_eos,
         "metrics": {
-            **answer_scores(prediction, row.golds, punct),
+            **answer_scores(prediction, row.golds, normalization),
             "lj": None,
             "reward": traj.reward,
             "format": float(format_ok),
             "num_searches": traj.num_searches,
             "num_failed_searches": traj.num_failed_searches,
             "num_invalid_queries": traj.num_invalid_queries,
-            "retrieval_recall": recall_of(traj.retrieved, row.golds, punct),
+            "retrieval_recall": recall_of(traj.retrieved, row.golds, normalization),
             "response_tokens": traj.response_tokens,
             "generated_tokens": traj.generated_tokens,
             "retrieved_tokens": traj.retrieved_tokens,
@@ -140,7 +159,7 @@ def row_record(row: EvalRow, traj, punct: str) -> dict[str, Any]:
 
 
 def _roll_out(
-    settings: EvalSettings, rows: list[EvalRow], store: RowStore, done: dict, punct: str, resumed: int
+    settings: EvalSettings, rows: list[EvalRow], store: RowStore, done: dict, normalization: str, resumed: int
 ) -> list[str]:
     """Roll out ``rows``, appending each finished one to ``store`` and ``done``; return the failures."""
     from .policy import load_policy
@@ -178,7 +197,7 @@ def _roll_out(
         if traj is None:
             failures.append(f"{row.key}: {error}")
         else:
-            record = row_record(row, traj, punct)
+            record = row_record(row, traj, normalization)
             store.append(record)
             done[row.key] = record
         bar.update(1)
@@ -200,18 +219,21 @@ def _judge(settings: EvalSettings, records: list[dict[str, Any]], out: Path) -> 
         timeout=settings.request_timeout,
         max_retries=settings.max_retries,
         concurrency=settings.concurrency,
+        prompt=settings.judge_prompt,
     )
-    todo = [r for r in records if r["metrics"].get("lj") is None or r.get("judge_model") != judge.model]
+    judged_by = f"{judge.model} ({judge.prompt.name} prompt)"
+    todo = [r for r in records if r["metrics"].get("lj") is None or r.get("judge_model") != judged_by]
     items = [JudgeItem(r["question"], r["gold"], r["prediction"]) for r in todo]
     verdicts = judge.judge_all(items, progress=settings.progress) if items else []
     for record, verdict in zip(todo, verdicts):
         record["metrics"]["lj"] = verdict.value
-        record["judge_model"] = judge.model
+        record["judge_model"] = judged_by
         record["judge_error"] = verdict.error
     failures = [f"{r['key']}: {r['judge_error']}" for r in records if r.get("judge_error")]
     return {
         "endpoint": judge.url,
         "model": settings.judge_model,
+        "prompt": judge.prompt.name,
         "asked": sum(1 for v in verdicts if v.source == "judge"),
         "from_cache": sum(1 for v in verdicts if v.source == "cache"),
         "no_answer": sum(1 for v in verdicts if v.source == "no answer"),
@@ -220,14 +242,35 @@ def _judge(settings: EvalSettings, records: list[dict[str, Any]], out: Path) -> 
     }
 
 
+def _protocol_summary(settings: EvalSettings, per_source: dict[str, Any]) -> dict[str, Any]:
+    """What two runs must share to be compared: the paper's metric definitions, retrieval, data subset, judge."""
+    protocol = PROTOCOLS[settings.protocol].describe()
+    protocol["normalization"] = settings.normalization
+    return {
+        **protocol,
+        "retriever": settings.retriever,
+        "top_k": settings.top_k,
+        "max_searches": settings.max_searches,
+        "subset": {
+            "data": [os.fspath(p) for p in settings.data],
+            "limit": settings.limit,
+            "rows": {source: stats["rows"] for source, stats in per_source.items()},
+        },
+        "judge": {"model": settings.judge_model, "prompt": settings.judge_prompt} if settings.judge_model else None,
+        "sampling": {"temperature": settings.temperature, "top_p": settings.top_p},
+    }
+
+
 def run_eval(settings: EvalSettings) -> dict[str, Any]:
     """Run (or finish) an evaluation; returns the summary written to ``out/summary.json``."""
-    settings = settings.with_agent_defaults()
+    settings = settings.with_defaults()
     if settings.normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {sorted(NORMALIZATIONS)}, not {settings.normalization!r}")
+        raise ValueError(f"normalization must be one of {list(NORMALIZATIONS)}, not {settings.normalization!r}")
+    if settings.judge_prompt not in JUDGE_PROMPTS:
+        raise ValueError(f"judge prompt must be one of {sorted(JUDGE_PROMPTS)}, not {settings.judge_prompt!r}")
     if bool(settings.judge_endpoint) != bool(settings.judge_model):
         raise ValueError("the LLM judge needs both an endpoint and a model name")
-    punct = NORMALIZATIONS[settings.normalization]
+    normalization = settings.normalization
     out = Path(settings.out)
     rows = load_rows(settings.data, settings.limit)
     _check_resume(out, settings.run_identity())
@@ -244,7 +287,7 @@ def run_eval(settings: EvalSettings) -> dict[str, Any]:
     resumed = len(rows) - len(todo)
     if resumed:
         print(f"eval: {resumed} of {len(rows)} rows already done in {store.path}")
-    failures = _roll_out(settings, todo, store, done, punct, resumed) if todo else []
+    failures = _roll_out(settings, todo, store, done, normalization, resumed) if todo else []
 
     records = [done[row.key] for row in rows if row.key in done]
     judge_summary = _judge(settings, records, out) if settings.judge_endpoint else None
@@ -254,6 +297,7 @@ def run_eval(settings: EvalSettings) -> dict[str, Any]:
 
     per_source = aggregate(records)
     summary = {
+        "protocol": _protocol_summary(settings, per_source),
         "settings": {**settings.run_identity(), "data": [os.fspath(p) for p in settings.data], "limit": settings.limit},
         "rows": len(rows),
         "evaluated": len(records),
@@ -266,7 +310,7 @@ def run_eval(settings: EvalSettings) -> dict[str, Any]:
         "average": macro_average(per_source) if per_source else None,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    table = markdown_table(per_source) if per_source else "No rows evaluated.\n"
+    table = markdown_table(per_source, settings.protocol) if per_source else "No rows evaluated.\n"
     (out / "results.md").write_text(table, encoding="utf-8")
     print(table, end="")
     if failures:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..dialects import get_dialect
+from ..prompts import OPENS_THINK_BY_DEFAULT
 from ..rewards import SCHEMES
 from .formats import FORMATS, BadRow, QAExample, detect_format, parse
 from .readers import Unreadable, read_records
@@ -114,6 +115,7 @@ def prepare(
     split: str = "train",
     dialect: str = "research",
     template: str = "instruct",
+    opens_think: bool | None = None,
     scheme: str | None = None,
     fmt: str | None = None,
     sample: int | None = None,
@@ -124,7 +126,9 @@ def prepare(
     warn: Callable[[str], None] = _stderr,
 ) -> dict[str, Any]:
     """Write ``out`` (verl parquet) from ``sources``; returns a report. Raises :class:`PrepareError` and writes
-    nothing when the sources are unreadable, too many rows are bad, or the options cannot be met."""
+    nothing when the sources are unreadable, too many rows are bad, or the options cannot be met.
+
+    ``opens_think``: the prompts open the think block (R1-Searcher's do); default: the dialect's paper's choice."""
     get_dialect(dialect)
     scheme = scheme or DEFAULT_SCHEME[dialect]
     if scheme not in SCHEMES:
@@ -176,7 +180,9 @@ def prepare(
         raise PrepareError(str(e)) from None
 
     rows: list[dict[str, Any]] = []
-    opts = dict(split=split, dialect=dialect, scheme=scheme, template=template)
+    if opens_think is None:
+        opens_think = OPENS_THINK_BY_DEFAULT[dialect]
+    opts = dict(split=split, dialect=dialect, scheme=scheme, template=template, opens_think=opens_think)
     for source, report, examples in zip(sources, reports, chosen):
         report.rows = len(examples)
         rows += [build_row(ex, data_source=source.name, index=len(rows) + i, **opts) for i, ex in enumerate(examples)]

@@ -40,6 +40,7 @@ SCHEMA = pa.schema(
                     ("dialect", pa.string()),
                     ("scheme", pa.string()),
                     ("template", pa.string()),
+                    ("opens_think", pa.bool_()),
                 ]
             ),
         ),
@@ -48,22 +49,30 @@ SCHEMA = pa.schema(
 )
 
 
-def prompt_messages(question: str, dialect: str, template: str) -> list[dict[str, str]]:
-    """The ``prompt`` column of one row."""
+def prompt_messages(question: str, dialect: str, template: str, opens_think: bool = False) -> list[dict[str, str]]:
+    """The ``prompt`` column of one row (an ``instruct`` row opens the think block in the agent loop)."""
     if template == "instruct":
         return chat_messages(question, dialect)
     if template == "base":
-        return [{"role": "user", "content": base_prompt(question, dialect)}]
+        return [{"role": "user", "content": base_prompt(question, dialect, opens_think)}]
     raise ValueError(f"template must be one of {TEMPLATES}, not {template!r}")
 
 
 def build_row(
-    ex: QAExample, *, data_source: str, index: int, split: str, dialect: str, scheme: str, template: str
+    ex: QAExample,
+    *,
+    data_source: str,
+    index: int,
+    split: str,
+    dialect: str,
+    scheme: str,
+    template: str,
+    opens_think: bool = False,
 ) -> dict[str, Any]:
     """One verl row; ``ex.id`` must be set."""
     return {
         "data_source": data_source,
-        "prompt": prompt_messages(ex.question, dialect, template),
+        "prompt": prompt_messages(ex.question, dialect, template, opens_think),
         "ability": ABILITY,
         "reward_model": {"style": "rule", "ground_truth": list(ex.answers)},
         "extra_info": {
@@ -74,6 +83,7 @@ def build_row(
             "dialect": dialect,
             "scheme": scheme,
             "template": template,
+            "opens_think": opens_think,
         },
         "agent_name": AGENT_NAME,
     }

@@ -42,10 +42,10 @@ def one_search(dialect: str, answer: str, passage: str = "Doc 1 (Title: Keddle) 
 
 def test_normalisation_official_and_r1_searcher():
     assert normalize_answer("The  U.S.-born!") == "usborn"
-    assert normalize_answer("The  U.S.-born!", punct="space") == "u s born"
+    assert normalize_answer("The  U.S.-born!", normalization="space") == "u s born"
     assert normalize_answer("an Apple a day") == "apple day"
     with pytest.raises(ValueError):
-        normalize_answer("x", punct="keep")
+        normalize_answer("x", normalization="keep")
 
 
 def test_answer_metrics():

@@ -1,0 +1,83 @@
+"""The papers' evaluation protocols: which metrics each reports, under which names, defined as its code defines
+them, and how its LLM judge is asked.
+
+* ``research`` (ReSearch): EM and F1 with SQuAD normalisation, and LLM-as-a-judge (LJ: the judge reasons, then
+  gives a JSON judgement, correct or incorrect, of whether the prediction means the same as a gold answer).
+* ``r1_searcher`` (R1-Searcher): ACC_R, its Cover-EM (every gold token among the prediction's tokens, in any
+  order), and ACC_L (an LLM judge answering True or False), with R1-Searcher's normalisation (punctuation as
+  spaces, ``True``/``False`` as yes/no); its rule script also prints EM and F1.
+* ``search_r1`` (Search-R1): EM, and sub-EM (the normalised gold is a substring of the normalised prediction),
+  with SQuAD normalisation; no judge.
+
+Every row gets all the metrics (``em``, ``f1``, ``cover_em``, ``acc_r``, ``subem``, ``lj``) under the run's
+normalisation; the protocol picks the rows of the results table, their names, the default normalisation and the
+judge prompt, and its definitions go into ``summary.json`` so two runs can be compared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..rewards import SCHEMES
+
+DEFINITIONS = {
+    "em": "normalised prediction equals a normalised gold answer",
+    "f1": "token F1 against the best gold answer (yes/no/noanswer must match exactly)",
+    "cover_em": "the gold's tokens appear contiguously, in order, in the prediction",
+    "acc_r": "every token of a gold answer is among the prediction's tokens, in any order (R1-Searcher's Cover-EM)",
+    "subem": "a normalised gold answer is a substring of the normalised prediction (Search-R1's sub-EM)",
+    "lj": "an LLM judge says the prediction means the same as a gold answer",
+}
+
+COMMON_ROWS = (
+    ("Searches / question", "num_searches", 1, 2),
+    ("Response tokens", "response_tokens", 1, 0),
+    ("Retrieval recall", "retrieval_recall", 100, 1),
+    ("Malformed %", "malformed", 100, 1),
+)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    paper: str
+    normalization: str
+    metrics: tuple[tuple[str, str], ...]
+    """(label in the paper's tables, row metric key), in the paper's order."""
+    judge_prompt: str
+
+    def table_rows(self) -> tuple[tuple[str, str, int, int], ...]:
+        """(label, summary key, scale, decimals) of the results table's rows."""
+        return tuple((label, key, 100, 1) for label, key in self.metrics) + COMMON_ROWS
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "paper": self.paper,
+            "normalization": self.normalization,
+            "metrics": {label: f"{key}: {DEFINITIONS[key]}" for label, key in self.metrics},
+            "judge_prompt": self.judge_prompt,
+        }
+
+
+PROTOCOLS = {
+    p.name: p
+    for p in (
+        Protocol("research", "ReSearch", "squad", (("EM", "em"), ("F1", "f1"), ("LJ", "lj")), "research"),
+        Protocol(
+            "r1_searcher",
+            "R1-Searcher",
+            "r1_searcher",
+            (("ACC_R (Cover-EM)", "acc_r"), ("ACC_L (LLM judge)", "lj"), ("EM", "em"), ("F1", "f1")),
+            "r1_searcher",
+        ),
+        Protocol("search_r1", "Search-R1", "squad", (("EM", "em"), ("sub-EM", "subem")), "yes_no"),
+    )
+}
+
+PAPER_OF_DIALECT = {"research": "research", "r1_searcher": "r1_searcher", "search_r1": "search_r1"}
+
+
+def protocol_for_scheme(scheme: str) -> Protocol:
+    """The protocol of the paper whose reward ``scheme`` is (by its dialect)."""
+    return PROTOCOLS[PAPER_OF_DIALECT[SCHEMES[scheme].dialect]]
