@@ -367,8 +367,8 @@ def step_hf_generation(device: str, dry: bool) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from research_plugin.hf_generation import HFGenerationServer, Request
-    from research_plugin.tiny_model import build_tiny_model
+    from research_plugin.demo.tiny_model import build_tiny_model
+    from research_plugin.verl.hf_generation import HFGenerationServer, Request
 
     requests_n, tokens = (4, 16) if dry else (64, 256)
     with tempfile.TemporaryDirectory() as tmp:

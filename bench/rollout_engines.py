@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from research_plugin.training_logs import parse_console  # noqa: E402
+from research_plugin.dynamics.training_logs import parse_console  # noqa: E402
 
 ENGINES = {"hf": [], "vllm_cpu": ["+rollout_engine=vllm_cpu"]}
 STEP_KEYS = ("timing_s/step", "timing_s/gen", "training/rollout_probs_diff_mean", "response_length/mean")
@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
 
-    from research_plugin.assets import demo_model
+    from research_plugin.demo.assets import demo_model
 
     demo_model()  # warm cache: building the tiny policy is not part of either engine's time
     runs: dict[str, list[dict]] = {e: [] for e in args.engines}

@@ -56,12 +56,13 @@ LOOP = "verl.experimental.agent_loop.search_agent_loop"
 SEARCH = "verl.experimental.agent_loop.search"
 
 MODULES = {
-    "research_plugin.answer_metrics": f"{REWARD}.answer_metrics",
-    "research_plugin.dialects": f"{REWARD}.dialects",
-    "research_plugin.format_check": f"{REWARD}.format_check",
-    "research_plugin.rewards": f"{REWARD}.rewards",
-    "research_plugin.agent_loop": LOOP,
-    "research_plugin.prompts": f"{SEARCH}.prompts",
+    "research_plugin.core.answer_metrics": f"{REWARD}.answer_metrics",
+    "research_plugin.core.dialects": f"{REWARD}.dialects",
+    "research_plugin.core.format_check": f"{REWARD}.format_check",
+    "research_plugin.core.rewards": f"{REWARD}.rewards",
+    "research_plugin.verl.agent_loop": LOOP,
+    "research_plugin.core.prompts": f"{SEARCH}.prompts",
+    "research_plugin.core.search_step": f"{SEARCH}.search_step",
     "research_plugin.retrieval": f"{SEARCH}.retrieval",
     "research_plugin.retrieval.base": f"{SEARCH}.retrieval.base",
     "research_plugin.retrieval.bm25": f"{SEARCH}.retrieval.bm25",
@@ -89,10 +90,8 @@ OPTIONAL_PIP = {"bm25s": "bm25s", "Stemmer": "PyStemmer"}
 """Optional third-party import -> the pip package that provides it."""
 
 TEXT_EDITS: dict[str, list[tuple[str, str]]] = {
-    "research_plugin.agent_loop": [
-        ("``research-plugin prepare``", "``preprocess_flashrag.py``"),
-        ("(``research_plugin.retrieval``)", "(``.search.retrieval``)"),
-    ],
+    "research_plugin.verl.agent_loop": [("``research-plugin prepare``", "``preprocess_flashrag.py``")],
+    "research_plugin.core.search_step": [("(``research_plugin.retrieval``)", "(``.retrieval``)")],
     "research_plugin.retrieval.http_client": [("RESEARCH_PLUGIN_TOKEN", "VERL_RETRIEVAL_TOKEN")],
     "docs": [("(``research_plugin.retrieval``)", "(see Retrievers below)")],
     "config": [
@@ -548,7 +547,7 @@ def _literal(node: ast.expr | None) -> str:
 
 
 def settings_table() -> str:
-    fields = dataclass_fields(_class(_tree("research_plugin.agent_loop"), "SearchAgentConfig"))
+    fields = dataclass_fields(_class(_tree("research_plugin.core.search_step"), "SearchAgentConfig"))
     rows = ["| setting | default | meaning |", "|---|---|---|"]
     for name, default, doc in fields:
         help_ = doc or FIELD_HELP.get(name)
@@ -579,10 +578,10 @@ def _bind(call: ast.Call, fields: list[tuple[str, ast.expr | None, str | None]])
 
 
 def dialects_table() -> str:
-    tree = _tree("research_plugin.dialects")
+    tree = _tree("research_plugin.core.dialects")
     fields = dataclass_fields(_class(tree, "Dialect"))
     rows = ["| dialect | query | result block | answer |", "|---|---|---|---|"]
-    for call in _calls("research_plugin.dialects", "DIALECTS", "Dialect"):
+    for call in _calls("research_plugin.core.dialects", "DIALECTS", "Dialect"):
         d = _bind(call, fields)
         answer = f"`{d['answer_open']} ... {d['answer_close']}`" + (" with `\\boxed{}`" if d["boxed"] else "")
         query, result = f"{d['query_open']} ... {d['query_close']}", f"{d['result_open']} ... {d['result_close']}"
@@ -592,7 +591,7 @@ def dialects_table() -> str:
 
 
 def schemes_table() -> str:
-    tree = _tree("research_plugin.rewards")
+    tree = _tree("research_plugin.core.rewards")
     docs = {
         n.name: (ast.get_docstring(n) or "").split("\n")[0].replace("``", "`")
         for n in tree.body
@@ -604,11 +603,13 @@ def schemes_table() -> str:
     rows = ["| scheme | dialect | normalisation | options that differ from the defaults | reward |", "|---" * 5 + "|"]
     for key, call in zip(table.keys, table.values, strict=True):
         if not (isinstance(key, ast.Constant) and isinstance(call, ast.Call) and len(call.args) >= 2):
-            raise GenerationError("research_plugin.rewards.SCHEMES entries must be 'name': Scheme(score, dialect, ...)")
+            raise GenerationError(
+                "research_plugin.core.rewards.SCHEMES entries must be 'name': Scheme(score, dialect, ...)"
+            )
         score, dialect = call.args[0], ast.literal_eval(call.args[1])
         options = call.args[2] if len(call.args) > 2 else None
         if not isinstance(score, ast.Name) or not (options is None or isinstance(options, ast.Call)):
-            raise GenerationError("research_plugin.rewards.SCHEMES: Scheme(function name, dialect, Options(...))")
+            raise GenerationError("research_plugin.core.rewards.SCHEMES: Scheme(function name, dialect, Options(...))")
         values = {**defaults, **{kw.arg: ast.literal_eval(kw.value) for kw in getattr(options, "keywords", [])}}
         changed = ", ".join(f"`{k}={v}`" for k, v in values.items() if k != "normalization" and v != defaults[k])
         reward = docs.get(score.id, "")
@@ -759,7 +760,7 @@ def render_template(rel: str, text: str, context: dict[str, Callable[[], str]]) 
 
 def register_loop(init_text: str) -> str:
     """verl's agent_loop/__init__.py importing the search loop next to the built-in ones (that import registers it)."""
-    tree = _tree("research_plugin.agent_loop")
+    tree = _tree("research_plugin.verl.agent_loop")
     cls = next(
         n.name
         for n in tree.body

@@ -22,14 +22,14 @@ def cmd_doctor(args) -> int:
         return 1
 
     registered = set(_agent_loop_registry)  # before the import below, which would register us itself
-    from .verl_plugin import REGISTERED_AGENT_LOOPS
+    from .verl.plugin import REGISTERED_AGENT_LOOPS
 
     print(f"verl {verl.__version__}")
     missing = [name for name in REGISTERED_AGENT_LOOPS if name not in registered]
     for name in REGISTERED_AGENT_LOOPS:
         print(f"agent loop {name}: {'registered' if name not in missing else 'MISSING'}")
     if missing:
-        print("the verl.plugins entry point did not load; try: python -c 'import research_plugin.verl_plugin'")
+        print("the verl.plugins entry point did not load; try: python -c 'import research_plugin.verl.plugin'")
     print(f"vLLM rollout: {_vllm_for_verl()}")
     return 1 if missing or broken else 0
 
@@ -63,9 +63,17 @@ def _broken_torch_companions() -> dict[str, str]:
     return broken
 
 
+def cmd_openrlhf_agent_path(args) -> int:
+    """Print the path of the agent file for OpenRLHF's ``--train.agent_func_path``."""
+    from pathlib import Path
+
+    print(Path(__file__).resolve().parent / "openrlhf" / "agent_func.py")
+    return 0
+
+
 def cmd_search(args) -> int:
     """Run one query against a retriever and print the result block the policy would see."""
-    from .dialects import format_passages, get_dialect, result_block
+    from .core.dialects import format_passages, get_dialect, result_block
     from .retrieval import get_retriever
 
     async def go():
@@ -84,7 +92,7 @@ def cmd_search(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .demo.run import run_demo
 
     run_demo(
         n=args.n,
@@ -310,7 +318,7 @@ def cmd_eval(args) -> int:
 
 def cmd_plot(args) -> int:
     """Draw training-dynamics PNGs from verl's console, file-logger or tensorboard logs."""
-    from .plots import plot_training
+    from .dynamics.plots import plot_training
 
     try:
         drawn = plot_training(args.log, args.out)
@@ -321,13 +329,21 @@ def cmd_plot(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .dialects import DIALECTS
+    from .core.dialects import DIALECTS
 
     parser = argparse.ArgumentParser(prog="research-plugin", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("doctor", help="check that `import verl` registers the plugin")
     p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser(
+        "openrlhf-agent-path",
+        help="print the agent file for OpenRLHF's --train.agent_func_path",
+        description="Prints the path of the search agent's file for OpenRLHF 0.11 (--train.agent_func_path). It is "
+        "configured from RESEARCH_PLUGIN_AGENT_CONFIG (a YAML/JSON file) or RESEARCH_PLUGIN_AGENT_JSON.",
+    )
+    p.set_defaults(func=cmd_openrlhf_agent_path)
 
     p = sub.add_parser("search", help="query a retriever and print the result block")
     p.add_argument("query", nargs="+")
@@ -398,9 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp16", action="store_true", help="store vectors in fp16 (Flat, HNSW, IVF...,Flat)")
     p.set_defaults(func=cmd_index_build)
 
+    from .core.rewards import SCHEMES
     from .prepare.formats import FORMATS
     from .prepare.rows import TEMPLATES
-    from .rewards import SCHEMES
 
     p = sub.add_parser(
         "prepare",

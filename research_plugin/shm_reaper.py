@@ -7,14 +7,17 @@ unlink these on a clean shutdown, but at the end of a training job Ray kills the
 processes, so every run would leave its segments behind, holding RAM until the next reboot.
 
 :func:`watch` starts a small reaper process in a session of its own (so it outlives the group kill). While the
-watched processes live it notes which segments with the known prefixes they have mapped (``/proc/PID/maps``);
-once all of them are gone it unlinks each noted segment that no live process maps any more. It never touches a
-segment the watched processes did not map, nor one still in use.
+watched processes (and, with ``descendants``, the processes they start) live, it notes which segments with the
+known prefixes they have mapped (``/proc/PID/maps``); once all of them are gone it unlinks each noted segment that
+no live process maps any more. It never touches a segment the watched processes did not map, nor one still in use.
+verl's vLLM worker extension on CPU watches the vLLM processes; OpenRLHF's agent executor watches its rollout
+actor and the vLLM engine processes it starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -22,8 +25,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 SHM = Path("/dev/shm")
-PREFIXES = ("psm_", "verl_weights_", "sem.loky-")
-"""Python's shared memory (vLLM's message queues), verl's weight buckets, joblib/loky semaphores (vLLM's worker)."""
+PREFIXES = ("psm_", "verl_weights_")
+"""Python's shared memory (vLLM's message queues) and verl's weight buckets, found in the processes' maps."""
+OWNED_BY_NAME = "sem.loky-"
+"""joblib/loky semaphores, named after the process that made them (``sem.loky-<pid>-<random>``); vLLM's worker
+leaves one, not mapped any more by the time it dies."""
 
 
 def mapped_segments(pid: int | str, prefixes: Iterable[str] = PREFIXES) -> set[str]:
@@ -42,12 +48,27 @@ def mapped_segments(pid: int | str, prefixes: Iterable[str] = PREFIXES) -> set[s
     return names
 
 
+def named_after(pid: int | str) -> set[str]:
+    """The ``/dev/shm`` files whose name says process ``pid`` made them (:data:`OWNED_BY_NAME`)."""
+    return {p.name for p in SHM.glob(f"{OWNED_BY_NAME}{pid}-*")}
+
+
 def _alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"  # a zombie has unmapped everything
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found.update(int(c) for c in task.read_text().split())
+        except (OSError, ValueError):
+            pass
+    return found
 
 
 def _in_use(names: set[str]) -> set[str]:
@@ -59,16 +80,26 @@ def _in_use(names: set[str]) -> set[str]:
 
 
 def reap(
-    pids: list[int], *, seen: Iterable[str] = (), interval: float = 0.5, prefixes: Iterable[str] = PREFIXES
+    pids: list[int],
+    *,
+    seen: Iterable[str] = (),
+    descendants: bool = False,
+    interval: float = 0.5,
+    prefixes: Iterable[str] = PREFIXES,
 ) -> list[str]:
-    """Follow ``pids`` until all have exited, then unlink the segments they mapped (or ``seen`` says they did) and
-    nobody maps now."""
+    """Follow ``pids`` (and their descendants) until all have exited, then unlink the segments they mapped (or
+    ``seen`` says they did) and nobody maps now."""
     prefixes = tuple(prefixes)
     seen = {name for name in seen if name.startswith(prefixes)}
+    pids = list(pids)
     while True:
         alive = [pid for pid in pids if _alive(pid)]
+        if descendants:
+            new = set().union(*(_children(pid) for pid in alive)) - set(pids) - {os.getpid()}
+            pids += sorted(new)
+            alive += sorted(new)
         for pid in alive:
-            seen |= mapped_segments(pid, prefixes)
+            seen |= mapped_segments(pid, prefixes) | named_after(pid)
         if not alive:
             break
         time.sleep(interval)
@@ -82,29 +113,48 @@ def reap(
     return removed
 
 
-def watch(pids: Iterable[int]) -> subprocess.Popen | None:
-    """Start a detached reaper for ``pids`` (Linux only; elsewhere, and if ``/dev/shm`` is absent, nothing)."""
+def watch(pids: Iterable[int], descendants: bool = False) -> int | None:
+    """Start a detached reaper for ``pids``; returns its process id (Linux only; elsewhere, and if ``/dev/shm`` is
+    absent, nothing is started and None is returned).
+
+    The reaper is a grandchild in a session of its own, re-parented away from the caller: Ray kills the child
+    processes of a worker it stops, and the reaper must outlive them.
+    """
     pids = sorted({int(p) for p in pids if int(p) > 1})
     if not sys.platform.startswith("linux") or not SHM.is_dir() or not pids:
         return None
     seen = set().union(*(mapped_segments(pid) for pid in pids))  # what they map now, in case they die first
-    return subprocess.Popen(
-        [sys.executable, "-m", __name__, *map(str, pids), *(["--seen", *sorted(seen)] if seen else [])],
+    cmd = [sys.executable, "-m", __name__, "--detach", *map(str, pids), *(["--seen", *sorted(seen)] if seen else [])]
+    launcher = subprocess.Popen(
+        [*cmd, *(["--descendants"] if descendants else [])],
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
         close_fds=True,
+        text=True,
     )
+    line = launcher.stdout.readline()
+    launcher.wait()
+    return int(line) if line.strip().isdigit() else None
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pids", nargs="+", type=int)
     parser.add_argument("--seen", nargs="*", default=[], help="segments they are known to have mapped")
+    parser.add_argument("--descendants", action="store_true", help="follow the processes they start too")
     parser.add_argument("--interval", type=float, default=0.5)
+    parser.add_argument("--detach", action="store_true", help="fork, print the reaper's pid, and return at once")
     args = parser.parse_args(argv)
-    reap(args.pids, seen=args.seen, interval=args.interval)
+    if args.detach:
+        child = os.fork()
+        if child:
+            print(child, flush=True)
+            os._exit(0)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+    reap(args.pids, seen=args.seen, descendants=args.descendants, interval=args.interval)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,6 @@ def minilm():
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from research_plugin.tiny_model import build_tiny_model
+    from research_plugin.demo.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen2")

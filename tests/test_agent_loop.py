@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from research_plugin import demo
-from research_plugin.demo import run_agent_loop, trainer_config
-from research_plugin.dialects import DIALECTS, result_block
-from research_plugin.hf_generation import HFGenerationServer
+from research_plugin.core.dialects import DIALECTS, result_block
+from research_plugin.verl import local_rollout
+from research_plugin.verl.hf_generation import HFGenerationServer
+from research_plugin.verl.local_rollout import run_agent_loop, trainer_config
 
 from .local_http import free_port
 
@@ -67,7 +67,7 @@ def make_config(tiny_model_dir, retriever_overrides, response_length=RESPONSE_LE
 
 
 def make_batch(questions_answers, dialect="research"):
-    return demo.make_batch([{"question": q, "golden_answers": [a]} for q, a in questions_answers], dialect)
+    return local_rollout.make_batch([{"question": q, "golden_answers": [a]} for q, a in questions_answers], dialect)
 
 
 @pytest.fixture(scope="module")
@@ -270,7 +270,7 @@ def test_settings_from_agent_loop_config_file_and_row(
     loops = tmp_path / "agent_loops.yaml"
     loops.write_text(
         "- name: r1_search_agent\n"
-        "  _target_: research_plugin.agent_loop.SearchAgentLoop\n"
+        "  _target_: research_plugin.verl.agent_loop.SearchAgentLoop\n"
         "  dialect: r1_searcher\n"
         "  top_k: 1\n"
         "  max_query_chars: 12\n"
@@ -304,7 +304,7 @@ def test_settings_from_agent_loop_config_file_and_row(
 
 
 def test_bad_settings_are_clear_errors():
-    from research_plugin.agent_loop import SearchAgentConfig
+    from research_plugin.core.search_step import SearchAgentConfig
 
     with pytest.raises(ValueError, match="unknown search_agent settings"):
         SearchAgentConfig.merged({"topk": 3})

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from research_plugin.answer_metrics import (
+from research_plugin.core.answer_metrics import (
     as_gold_list,
     cover_exact_match,
     exact_match,

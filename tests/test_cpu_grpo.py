@@ -27,7 +27,7 @@ STEPS = 2
 
 def per_step(log: str) -> dict[int, dict[str, float]]:
     """verl's console metric lines as {step: {key: value}} (parsed by the plugin's own log reader)."""
-    from research_plugin.training_logs import parse_console
+    from research_plugin.dynamics.training_logs import parse_console
 
     steps: dict[int, dict[str, float]] = {}
     for key, series in parse_console(log.splitlines()).items():
@@ -110,7 +110,7 @@ def test_no_cuda_package_came_with_the_install():
 
 
 def test_policy_weights_changed_and_a_checkpoint_was_written(run):
-    from research_plugin.assets import demo_model
+    from research_plugin.demo.assets import demo_model
 
     actor = run["ckpt"] / f"global_step_{STEPS}" / "actor"
     shards = sorted(actor.glob("model_world_size_*_rank_0.pt"))

@@ -52,7 +52,7 @@ def test_cpu_platform_trains_with_gloo_and_the_fsdp_engine(selection, monkeypatc
 
 
 def test_search_metrics_aggregate_reward_parts_and_loop_counters():
-    from research_plugin.search_metrics import search_metrics
+    from research_plugin.verl.search_metrics import search_metrics
 
     rows = [
         {"num_searches": 2, "retrieved_tokens": 100, "reward_extra_info": {"score": 1.0, "f1": 1.0, "format": 1.0}},

@@ -147,7 +147,7 @@ def test_recipe_data_resolver_splits_the_bundled_questions(tmp_path, monkeypatch
     import pandas as pd
     from omegaconf import OmegaConf
 
-    import research_plugin.verl_plugin  # noqa: F401  (registers the resolvers, as `import verl` does)
+    import research_plugin.verl.plugin  # noqa: F401  (registers the resolvers, as `import verl` does)
 
     monkeypatch.setenv("RESEARCH_PLUGIN_CACHE", str(tmp_path))
     cfg = OmegaConf.create({"train": "${research_plugin.demo_data:train}", "val": "${research_plugin.demo_data:val}"})
@@ -159,9 +159,9 @@ def test_recipe_data_resolver_splits_the_bundled_questions(tmp_path, monkeypatch
 
 
 def test_warmup_trajectories_are_well_formed_and_score_full_reward():
-    from research_plugin.dialects import get_dialect, result_block
-    from research_plugin.rewards import compute_score
-    from research_plugin.warmup import scripted_response
+    from research_plugin.core.dialects import get_dialect, result_block
+    from research_plugin.core.rewards import compute_score
+    from research_plugin.demo.warmup import scripted_response
 
     d = get_dialect("research")
     for row in [json.loads(line) for line in demo_questions_path().open()][:10]:

@@ -6,7 +6,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from research_plugin import compute_score
-from research_plugin.dialects import (
+from research_plugin.core.dialects import (
     DIALECTS,
     extract_answer,
     extract_boxed,
@@ -17,9 +17,9 @@ from research_plugin.dialects import (
     stopped_at_query,
     strip_results,
 )
-from research_plugin.format_check import FormatReport, check_format
-from research_plugin.prompts import base_prompt, chat_messages, system_prompt
-from research_plugin.rewards import SCHEMES
+from research_plugin.core.format_check import FormatReport, check_format
+from research_plugin.core.prompts import base_prompt, chat_messages, system_prompt
+from research_plugin.core.rewards import SCHEMES
 
 RESEARCH = DIALECTS["research"]
 R1 = DIALECTS["r1_searcher"]

@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from research_plugin.demo import load_questions
+from research_plugin.core.prompts import base_prompt, chat_messages
+from research_plugin.demo.run import load_questions
 from research_plugin.evaluation.metrics import answer_scores
 from research_plugin.evaluation.runner import EvalSettings, run_eval
-from research_plugin.prompts import base_prompt, chat_messages
 
 from .local_http import wait_until
 from .openai_fakes import FakeChat, FakeCompletions, hf_backend, scripted_backend
@@ -84,7 +84,7 @@ def settings(data, model, out, **kw) -> EvalSettings:
 def test_local_model_and_completions_endpoint_give_the_same_rows(bench, tiny_model_dir, tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from research_plugin.hf_generation import HFGenerationServer
+    from research_plugin.verl.hf_generation import HFGenerationServer
 
     local = run_eval(settings(bench, str(tiny_model_dir), tmp_path / "local", response_length=48, concurrency=1))
     server = HFGenerationServer(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer)
@@ -320,7 +320,7 @@ def test_a_server_context_smaller_than_the_response_budget(bench, tiny_model_dir
     /v1/models and bounds every request; the same server without it in its model card answers HTTP 400."""
     from transformers import AutoModelForCausalLM
 
-    from research_plugin.hf_generation import HFGenerationServer
+    from research_plugin.verl.hf_generation import HFGenerationServer
 
     server = HFGenerationServer(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer)
     fake = FakeCompletions(tokenizer, "tiny-qwen2", hf_backend(server), max_model_len=400)

@@ -1,7 +1,7 @@
 import pytest
 
-from research_plugin.dialects import DIALECTS, result_block
-from research_plugin.format_check import FormatReport, check_format
+from research_plugin.core.dialects import DIALECTS, result_block
+from research_plugin.core.format_check import FormatReport, check_format
 
 
 def answer(d, text="Paris"):

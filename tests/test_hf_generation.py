@@ -10,7 +10,7 @@ import torch
 def server(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from research_plugin.hf_generation import HFGenerationServer
+    from research_plugin.verl.hf_generation import HFGenerationServer
 
     return HFGenerationServer(
         AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir), seed=3
@@ -75,7 +75,7 @@ def test_concurrent_requests_are_decoded_in_one_batch_with_the_same_results(serv
 def test_load_weights_changes_what_is_generated(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from research_plugin.hf_generation import HFGenerationServer
+    from research_plugin.verl.hf_generation import HFGenerationServer
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     srv = HFGenerationServer(model, AutoTokenizer.from_pretrained(tiny_model_dir))
@@ -92,7 +92,7 @@ def test_load_weights_changes_what_is_generated(tiny_model_dir):
 def test_logprobs_follow_the_logprobs_mode(tiny_model_dir, mode):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from research_plugin.hf_generation import HFGenerationServer
+    from research_plugin.verl.hf_generation import HFGenerationServer
 
     srv = HFGenerationServer(
         AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir),

@@ -96,8 +96,8 @@ def test_import_verl_registers_the_plugin_and_loads_no_backend_and_no_jax(standi
     assert got["loaded_by_import"] == []
     # verl's own modules may bring vLLM (its trainers do); the plugin's registrations bring no backend
     assert got["loaded_by_registries"] == []
-    assert got["agent"] == {"_target_": "research_plugin.agent_loop.SearchAgentLoop"}
-    assert got["rollout"] == "research_plugin.hf_rollout.HFServerAdapter" and got["replica"] == "HFReplica"
+    assert got["agent"] == {"_target_": "research_plugin.verl.agent_loop.SearchAgentLoop"}
+    assert got["rollout"] == "research_plugin.verl.hf_rollout.HFServerAdapter" and got["replica"] == "HFReplica"
     assert got["trainers"] == ["search_colocate_async", "search_separate_async", "search_sync"]
     assert got["platform"] == "PlatformCPU"
     assert jax_uses(standin) == []
@@ -108,7 +108,7 @@ def test_the_plugin_adds_only_its_own_modules_to_import_verl(standin):
     without = set(run(code, {**standin, "VERL_USE_EXTERNAL_PLUGINS": "none"}))
     with_plugin = set(run(code, standin))
     added = sorted(with_plugin - without)
-    assert "research_plugin.verl_plugin" in added
+    assert "research_plugin.verl.plugin" in added
     assert [m for m in added if not m.startswith("research_plugin")] == []
 
 

@@ -27,7 +27,7 @@ def total_loss(actor_cfg, loss_mode, agg_mode, mask, old_lp, lp, ref_lp, adv, en
 def actor_cfg(tiny_model_dir):
     from verl.utils.config import omega_conf_to_dataclass
 
-    from research_plugin.demo import compose_verl_config
+    from research_plugin.verl.local_rollout import compose_verl_config
 
     cfg = compose_verl_config(
         [f"actor_rollout_ref.model.path={tiny_model_dir}", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1"]

@@ -9,11 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from research_plugin import compute_score
-from research_plugin.answer_metrics import normalize_answer, substring_exact_match, token_cover_match
-from research_plugin.dialects import DIALECTS, result_block
-from research_plugin.format_check import check_search_r1_sequence
-from research_plugin.prompts import base_prompt
-from research_plugin.rewards import SCHEMES
+from research_plugin.core.answer_metrics import normalize_answer, substring_exact_match, token_cover_match
+from research_plugin.core.dialects import DIALECTS, result_block
+from research_plugin.core.format_check import check_search_r1_sequence
+from research_plugin.core.prompts import base_prompt
+from research_plugin.core.rewards import SCHEMES
 
 from .test_dialects import any_text, dialects, golds
 

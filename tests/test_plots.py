@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from research_plugin.plots import PANELS, panel_curves, plot_training
-from research_plugin.training_logs import load_metrics, parse_console
+from research_plugin.dynamics.plots import PANELS, panel_curves, plot_training
+from research_plugin.dynamics.training_logs import load_metrics, parse_console
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -16,13 +16,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from research_plugin.core.prompts import base_prompt, chat_messages
+from research_plugin.core.rewards import SCHEMES
 from research_plugin.prepare import PrepareError, Source, prepare
 from research_plugin.prepare.pipeline import DEFAULT_SCHEME
 from research_plugin.prepare.readers import InputError
-from research_plugin.prepare.rows import SCHEMA
+from research_plugin.prepare.rows import schema
 from research_plugin.prepare.selection import mix_quotas
-from research_plugin.prompts import base_prompt, chat_messages
-from research_plugin.rewards import SCHEMES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "prepare"
 
@@ -136,9 +136,10 @@ def test_each_published_format_becomes_verl_rows(tmp_path, name, fmt, records, g
         assert line.startswith(f"{FIXTURES / name} {expected}")
     assert len(warnings) == len(bad)
 
-    assert pq.read_schema(out).equals(SCHEMA, check_metadata=False)
+    assert pq.read_schema(out).equals(schema("instruct"), check_metadata=False)
     df = pd.read_parquet(out)
-    assert list(df.columns) == ["data_source", "prompt", "ability", "reward_model", "extra_info", "agent_name"]
+    verl = ["data_source", "prompt", "ability", "reward_model", "extra_info", "agent_name"]
+    assert list(df.columns) == [*verl, "input", "label", "datasource"]  # the last three: OpenRLHF's keys
     assert len(df) == good
     assert set(df.agent_name) == {"search_agent"} and set(df.data_source) == {"x"}
     assert [e["index"] for e in df.extra_info] == list(range(good))
@@ -365,8 +366,8 @@ def test_verl_dataset_rows_run_through_the_search_agent(tmp_path, tiny_model_dir
     from verl.protocol import DataProto
     from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
 
-    from research_plugin.demo import run_agent_loop, trainer_config
-    from research_plugin.hf_generation import HFGenerationServer
+    from research_plugin.verl.hf_generation import HFGenerationServer
+    from research_plugin.verl.local_rollout import run_agent_loop, trainer_config
 
     out = tmp_path / "musique.parquet"
     run(FIXTURES / "musique_ans_v1.0_train.jsonl", out, max_bad=2, template=template, dialect=dialect)

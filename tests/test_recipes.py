@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from research_plugin.agent_loop import SearchAgentConfig
+from research_plugin.core.rewards import SCHEMES
+from research_plugin.core.search_step import SearchAgentConfig
 from research_plugin.prepare import Source, prepare
-from research_plugin.rewards import SCHEMES
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 RECIPES = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
@@ -218,7 +218,7 @@ def test_the_launcher_command_line(tmp_path):
 def test_the_vllm_cpu_rollout_engine_applies_to_the_cpu_recipe():
     """``+rollout_engine=vllm_cpu`` turns the CPU recipe's rollout into verl's vLLM server with the plugin's worker
     extension; everything else (trainer, agent loop, reward) stays the recipe's."""
-    from research_plugin.vllm_cpu import WORKER_EXTENSION
+    from research_plugin.verl.vllm_cpu import WORKER_EXTENSION
 
     base, config = compose("tiny_cpu_grpo"), compose("tiny_cpu_grpo", ["+rollout_engine=vllm_cpu"])
     validate(config)

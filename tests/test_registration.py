@@ -41,19 +41,19 @@ def probe(**env) -> dict:
 
 def test_entry_point_is_declared():
     eps = [ep for ep in entry_points(group="verl.plugins") if ep.name == "research_plugin"]
-    assert [ep.value for ep in eps] == ["research_plugin.verl_plugin"]
+    assert [ep.value for ep in eps] == ["research_plugin.verl.plugin"]
 
 
 def test_import_verl_registers_search_agent():
     got = probe(VERL_USE_EXTERNAL_PLUGINS="auto")
-    assert got["entry"] == {"_target_": "research_plugin.agent_loop.SearchAgentLoop"}
+    assert got["entry"] == {"_target_": "research_plugin.verl.agent_loop.SearchAgentLoop"}
     assert "AgentLoopBase" in got["base"]
 
 
 def test_import_verl_registers_cpu_platform_hf_rollout_and_trainer_modes():
     got = probe(VERL_USE_EXTERNAL_PLUGINS="auto")
     assert got["platform"] == "PlatformCPU"
-    assert got["replica"] and got["rollout"] == "research_plugin.hf_rollout.HFServerAdapter"
+    assert got["replica"] and got["rollout"] == "research_plugin.verl.hf_rollout.HFServerAdapter"
     assert got["trainers"] == ["search_colocate_async", "search_separate_async", "search_sync"]
     # verl's process-group helper is hooked, also where a verl module bound it by name
     assert got["pg_hook"] == [True, True]

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from research_plugin import compute_score
-from research_plugin.dialects import DIALECTS, result_block
-from research_plugin.rewards import SCHEMES
+from research_plugin.core.dialects import DIALECTS, result_block
+from research_plugin.core.rewards import SCHEMES
 
 RESEARCH = DIALECTS["research"]
 R1 = DIALECTS["r1_searcher"]

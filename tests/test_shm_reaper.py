@@ -57,6 +57,9 @@ def test_segments_of_a_killed_process_are_removed_and_others_kept():
     try:
         assert owner.stdout.readline().strip() == "ready"
         assert mapped_segments(owner.pid) == {own, shared}
+        loky, others_loky = SHM / f"sem.loky-{owner.pid}-t{tag}", SHM / f"sem.loky-{os.getpid()}-t{tag}"
+        loky.touch()  # a semaphore named after the process that made it, no longer mapped (vLLM's worker)
+        others_loky.touch()
         reaper = watch([owner.pid])
         assert reaper is not None
         owner.stdin.write("go\n")
@@ -65,18 +68,54 @@ def test_segments_of_a_killed_process_are_removed_and_others_kept():
         time.sleep(2)  # the reaper looks every 0.5 s
         os.kill(owner.pid, signal.SIGKILL)
         owner.wait(timeout=30)
-        assert reaper.wait(timeout=30) == 0
+        assert gone(reaper)
         assert not (SHM / own).exists()  # the killed process's own segments are gone
-        assert not (SHM / late).exists()
+        assert not (SHM / late).exists() and not loky.exists()
+        assert others_loky.exists()  # named after a process that was not watched
         assert (SHM / shared).exists()  # still mapped here: in use, kept
         assert (SHM / unrelated).exists()  # never mapped by the watched process: not its to remove
         assert (SHM / other_prefix).exists()  # mapped by it, but not a vLLM/verl segment name
     finally:
         owner.kill()
         kept[0].close()
-        for name in (own, late, shared, unrelated, other_prefix):
+        for name in (own, late, shared, unrelated, other_prefix, f"sem.loky-{owner.pid}-t{tag}",
+                     f"sem.loky-{os.getpid()}-t{tag}"):  # fmt: skip
             Path(SHM / name).unlink(missing_ok=True)
+
+
+def gone(pid: int, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not Path(f"/proc/{pid}").exists()
 
 
 def test_nothing_to_watch_starts_nothing():
     assert watch([]) is None and watch([1]) is None
+
+
+def test_descendants_are_followed():
+    """A watched process that starts the one owning the segment (OpenRLHF's rollout actor starting vLLM's engine)."""
+    tag = uuid.uuid4().hex[:8]
+    own = f"psm_own_child{tag}"
+    spawn = f"""
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", {textwrap.dedent(OWNER)!r}, {own!r}], stdout=subprocess.PIPE,
+                         stdin=subprocess.PIPE, text=True)
+print(child.stdout.readline().strip(), child.pid, flush=True)
+time.sleep(600)
+"""
+    parent = subprocess.Popen([sys.executable, "-c", spawn], stdout=subprocess.PIPE, text=True)
+    try:
+        reaper = watch([parent.pid], descendants=True)
+        ready, child = parent.stdout.readline().split()
+        assert ready == "ready"
+        time.sleep(2)  # the reaper finds the child and its segment on its next looks
+        os.kill(int(child), signal.SIGKILL)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=30)
+        assert gone(reaper)
+        assert not (SHM / own).exists()
+    finally:
+        parent.kill()
+        Path(SHM / own).unlink(missing_ok=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..answer_metrics import as_gold_list
+from ..core.answer_metrics import as_gold_list
 
 _MAX_REPORTED = 10
 

@@ -6,10 +6,10 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..answer_metrics import cover_exact_match
-from ..dialects import extract_answer, get_dialect, strip_results
-from ..format_check import check_format
-from ..rewards import METRICS
+from ..core.answer_metrics import cover_exact_match
+from ..core.dialects import extract_answer, get_dialect, strip_results
+from ..core.format_check import check_format
+from ..core.rewards import METRICS
 from .protocols import PROTOCOLS
 
 MEANS = (

@@ -1,5 +1,5 @@
 """The policy behind verl's LLM-server ``generate`` protocol: an OpenAI-compatible completions endpoint (what
-``vllm serve`` and SGLang expose) or a local HF model (:class:`~research_plugin.hf_generation.HFGenerationServer`).
+``vllm serve`` and SGLang expose) or a local HF model (:class:`~research_plugin.verl.hf_generation.HFGenerationServer`).
 
 Either object is handed to verl's ``AgentLoopWorker`` as its LLM client, so the search agent loop of training
 drives it unchanged.
@@ -228,7 +228,7 @@ def load_policy(
 
     from transformers import AutoModelForCausalLM
 
-    from ..hf_generation import HFGenerationServer
+    from ..verl.hf_generation import HFGenerationServer
 
     model_dir = Path(model)
     if not (model_dir / "config.json").is_file():

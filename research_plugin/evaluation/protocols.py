@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..rewards import SCHEMES
+from ..core.rewards import SCHEMES
 
 DEFINITIONS = {
     "em": "normalised prediction equals a normalised gold answer",

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..demo import LocalActor, trainer_config
+from ..verl.local_rollout import LocalActor, trainer_config
 from .data import EvalRow
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..answer_metrics import NORMALIZATIONS
+from ..core.answer_metrics import NORMALIZATIONS
 from .data import EvalRow, load_rows
 from .judge import JUDGE_PROMPTS, JudgeItem, LLMJudge
 from .metrics import aggregate, answer_scores, format_report, macro_average, markdown_table, prediction_of
@@ -95,7 +95,7 @@ class EvalSettings:
     def with_defaults(self) -> EvalSettings:
         """A copy whose unset settings hold their defaults: the agent loop's (``SearchAgentConfig``) for the search
         agent, the protocol's for normalisation and judge prompt."""
-        from research_plugin.agent_loop import SearchAgentConfig
+        from research_plugin.core.search_step import SearchAgentConfig
 
         unset = {name: getattr(SearchAgentConfig, name) for name in AGENT_SETTINGS if getattr(self, name) is None}
         if self.protocol is not None and self.protocol not in PROTOCOLS:

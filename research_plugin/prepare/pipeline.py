@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..dialects import get_dialect
-from ..prompts import OPENS_THINK_BY_DEFAULT
-from ..rewards import SCHEMES
+from ..core.dialects import get_dialect
+from ..core.prompts import OPENS_THINK_BY_DEFAULT
+from ..core.rewards import SCHEMES
 from .formats import FORMATS, BadRow, QAExample, detect_format, parse
 from .readers import Unreadable, read_records
 from .rows import TEMPLATES, build_row, write_parquet

@@ -1,13 +1,20 @@
-"""verl dataset rows for the search agent, and the parquet file that holds them (written atomically).
+"""Dataset rows for the search agent, for verl and OpenRLHF alike, and the parquet file that holds them (written
+atomically).
 
-The prompt is built by :mod:`research_plugin.prompts`, the same functions the rest of the package uses:
+The prompt is built by :mod:`research_plugin.core.prompts`, the same functions the rest of the package uses:
 ``instruct`` rows carry chat messages (system rules + the question), ``base`` rows carry the raw base-model
 template as the content of one user message (verl's dataset wants a message list) with
 ``extra_info.template = "base"``, which makes the agent loop feed that text to the model as it is.
+
+OpenRLHF reads the same file through three more columns: ``input`` (``--data.input_key input``: the chat messages,
+with ``--data.apply_chat_template``, or the raw text of a ``base`` row), ``label`` (``--data.label_key label``:
+JSON with the gold answers and the row's settings, which the OpenRLHF agent reads) and ``datasource`` (its name for
+``data_source``, used to split evaluation metrics).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,17 +23,29 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..prompts import base_prompt, chat_messages
+from ..core.prompts import base_prompt, chat_messages
 from .formats import QAExample
 
 TEMPLATES = ("instruct", "base")
 ABILITY = "fact-reasoning"
 AGENT_NAME = "search_agent"
 
+MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
+
+def schema(template: str) -> pa.Schema:
+    """The columns of a file of ``template`` rows (OpenRLHF's ``input`` is messages or text)."""
+    return (
+        SCHEMA.append(pa.field("input", MESSAGES if template == "instruct" else pa.string()))
+        .append(pa.field("label", pa.string()))
+        .append(pa.field("datasource", pa.string()))
+    )
+
+
 SCHEMA = pa.schema(
     [
         ("data_source", pa.string()),
-        ("prompt", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+        ("prompt", MESSAGES),
         ("ability", pa.string()),
         ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.list_(pa.string()))])),
         (
@@ -69,10 +88,13 @@ def build_row(
     template: str,
     opens_think: bool = False,
 ) -> dict[str, Any]:
-    """One verl row; ``ex.id`` must be set."""
+    """One row; ``ex.id`` must be set."""
+    prompt = prompt_messages(ex.question, dialect, template, opens_think)
+    label = {"answers": list(ex.answers), "data_source": data_source, "id": ex.id, "dialect": dialect}
+    label |= {"scheme": scheme, "opens_think": opens_think}
     return {
         "data_source": data_source,
-        "prompt": prompt_messages(ex.question, dialect, template, opens_think),
+        "prompt": prompt,
         "ability": ABILITY,
         "reward_model": {"style": "rule", "ground_truth": list(ex.answers)},
         "extra_info": {
@@ -86,13 +108,18 @@ def build_row(
             "opens_think": opens_think,
         },
         "agent_name": AGENT_NAME,
+        "input": prompt if template == "instruct" else prompt[0]["content"],
+        "label": json.dumps(label, ensure_ascii=False),
+        "datasource": data_source,
     }
 
 
 def write_parquet(rows: Sequence[dict[str, Any]], out: Path) -> None:
     """Write ``rows`` to ``out`` through a temporary file in the same folder, renamed into place when complete."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist(list(rows), schema=SCHEMA)
+    rows = list(rows)
+    template = rows[0]["extra_info"]["template"] if rows else "instruct"
+    table = pa.Table.from_pylist(rows, schema=schema(template))
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         pq.write_table(table, tmp)

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from ..answer_metrics import normalize_answer
+from ..core.answer_metrics import normalize_answer
 from .formats import QAExample
 
 T = TypeVar("T")

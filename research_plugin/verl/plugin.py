@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import importlib
 
+from ..demo.assets import register_resolvers
 from . import cpu_platform, vllm_cpu
-from .assets import register_resolvers
 from .import_hooks import when_imported
 
 REGISTERED_AGENT_LOOPS = ("search_agent",)

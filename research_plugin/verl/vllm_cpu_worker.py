@@ -14,7 +14,7 @@ Killed at the end of a job, vLLM's processes cannot unlink their shared-memory s
 :mod:`research_plugin.shm_reaper` for itself and its parents, which removes them once the processes are gone.
 
 Select it with ``+actor_rollout_ref.rollout.engine_kwargs.vllm.worker_extension_cls=`` this class's path
-(``research_plugin.vllm_cpu.WORKER_EXTENSION``); the CPU recipes do.
+(``research_plugin.verl.vllm_cpu.WORKER_EXTENSION``); the CPU recipes do.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class CPUWorkerExtension(vLLMColocateWorkerExtension):
 
     def __new__(cls, **kwargs):
         instance = super().__new__(cls, **kwargs)
-        from .shm_reaper import watch
+        from ..shm_reaper import watch
 
         watch(_ancestry(os.getpid(), 3))
         logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(_rotary_reload_notice)

@@ -1,7 +1,6 @@
 """``research-plugin plot``: PNGs of a training run like the papers' training-dynamics figures (reward, response
 length, searches per trajectory over steps; training curve plus one validation curve per benchmark), from the
-series :mod:`research_plugin.training_logs` reads back out of verl's logs. A figure with no data is skipped with a
-message."""
+series :mod:`.training_logs` reads back out of verl's logs. A figure with no data is skipped with a message."""
 
 from __future__ import annotations
 

