@@ -29,6 +29,7 @@ if str(REPO) not in sys.path:
 
 from research_plugin.dynamics.training_logs import parse_console  # noqa: E402
 
+RECIPES = REPO / "research_plugin" / "recipes"
 ENGINES = {"hf": [], "vllm_cpu": ["+rollout_engine=vllm_cpu"]}
 STEP_KEYS = ("timing_s/step", "timing_s/gen", "training/rollout_probs_diff_mean", "response_length/mean")
 
@@ -37,7 +38,7 @@ def run_job(engine: str, steps: int) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"bench-{engine}-") as tmp:
         cmd = [
             sys.executable, "-m", "verl.trainer.main_ppo",
-            "--config-path", str(REPO / "recipes"), "--config-name", "tiny_cpu_grpo", *ENGINES[engine],
+            "--config-path", str(RECIPES), "--config-name", "tiny_cpu_grpo", *ENGINES[engine],
             f"trainer.total_training_steps={steps}", "trainer.save_freq=-1",
             f"trainer.default_local_dir={tmp}/ckpt", f"hydra.run.dir={tmp}/hydra",
         ]  # fmt: skip

@@ -832,7 +832,7 @@ def build_files(dist: importlib.metadata.Distribution) -> tuple[dict[str, str], 
     default_mode = yaml.safe_load(verl_file(dist, "verl/trainer/config/ppo_trainer.yaml"))["trainer"]["v1"][
         "trainer_mode"
     ]
-    for recipe in sorted((ROOT / "recipes").glob("*.yaml")):
+    for recipe in sorted((ROOT / "research_plugin" / "recipes").glob("*.yaml")):
         cfg = example_config(recipe.stem, recipe.read_text(encoding="utf-8"), modes, default_mode)
         if cfg is not None:
             files[f"examples/search_agent/config/{recipe.stem}.yaml"] = cfg

@@ -63,6 +63,39 @@ def _broken_torch_companions() -> dict[str, str]:
     return broken
 
 
+def cmd_recipes(args) -> int:
+    """List the shipped recipes, print their folder, or copy one out for editing."""
+    from .recipes import copy_recipe, list_recipes, recipes_dir
+
+    if args.action == "dir":
+        print(recipes_dir())
+        return 0
+    if args.action == "ls":
+        recipes = list_recipes()
+        width = max(len(r.name) for r in recipes)
+        for r in recipes:
+            print(f"{r.name:{width}}  {r.framework:19}  {r.summary}")
+        print(
+            '\nverl: python -m verl.trainer.main_ppo --config-path "$(research-plugin recipes dir)" --config-name NAME'
+        )
+        print('(a config group: add +GROUP=NAME); OpenRLHF: bash "$(research-plugin recipes dir)/openrlhf/NAME.sh"')
+        return 0
+    if not args.name:
+        print("recipes cp: name a recipe (research-plugin recipes ls)", file=sys.stderr)
+        return 2
+    try:
+        written = copy_recipe(args.name, args.dest)
+    except (ValueError, FileExistsError) as e:
+        print(f"recipes cp: {e}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    if written and written[0].suffix == ".yaml":
+        folder = written[0].parent.resolve()
+        print(f"run: python -m verl.trainer.main_ppo --config-path {folder} --config-name {written[0].stem}")
+    return 0
+
+
 def cmd_openrlhf_agent_path(args) -> int:
     """Print the path of the agent file for OpenRLHF's ``--train.agent_func_path``."""
     from pathlib import Path
@@ -94,15 +127,19 @@ def cmd_search(args) -> int:
 def cmd_demo(args) -> int:
     from .demo.run import run_demo
 
-    run_demo(
-        n=args.n,
-        model=args.model,
-        dialect=args.dialect,
-        scheme=args.scheme,
-        response_length=args.response_length,
-        temperature=args.temperature,
-        seed=args.seed,
-    )
+    try:
+        run_demo(
+            n=args.n,
+            model=args.model,
+            dialect=args.dialect,
+            scheme=args.scheme,
+            response_length=args.response_length,
+            temperature=args.temperature,
+            seed=args.seed,
+        )
+    except ValueError as e:
+        print(f"demo: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -338,6 +375,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser(
+        "recipes",
+        help="list the shipped recipes, print their folder, or copy one out",
+        description="ls: the recipes shipped with the package; dir: their folder (verl's --config-path); "
+        "cp NAME [DEST]: copy one for editing (an OpenRLHF script with the launch.sh it sources).",
+    )
+    p.add_argument("action", choices=["ls", "dir", "cp"])
+    p.add_argument("name", nargs="?", help="for cp: a recipe name from `recipes ls`")
+    p.add_argument("dest", nargs="?", default=".", help="for cp: a folder or a file name (default: .)")
+    p.set_defaults(func=cmd_recipes)
+
+    p = sub.add_parser(
         "openrlhf-agent-path",
         help="print the agent file for OpenRLHF's --train.agent_func_path",
         description="Prints the path of the search agent's file for OpenRLHF 0.11 (--train.agent_func_path). It is "
@@ -354,7 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="search-agent rollouts + rewards through verl's agent loop, on CPU")
     p.add_argument("-n", type=int, default=4, help="number of bundled questions")
-    p.add_argument("--model", help="local HF model directory (default: a tiny random Qwen2 built locally)")
+    p.add_argument(
+        "--model",
+        help="a local HF model folder or a training run's checkpoint folder (default: the embedded default's policy)",
+    )
     p.add_argument("--dialect", choices=sorted(DIALECTS), default="research")
     p.add_argument("--scheme", default="research")
     p.add_argument("--response-length", type=int, default=256)
@@ -467,7 +518,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", nargs="+", required=True, help="parquet files made by `research-plugin prepare`")
     p.add_argument(
-        "--model", required=True, help="OpenAI-compatible completions endpoint (vLLM, SGLang) or local HF model folder"
+        "--model",
+        required=True,
+        help="OpenAI-compatible completions endpoint (vLLM, SGLang), a local HF model folder, or a training run's "
+        "checkpoint folder (its newest Hugging Face copy)",
     )
     p.add_argument("--retriever", default="demo", help="'demo', a /retrieve URL, a jsonl corpus or an index folder")
     p.add_argument("--out", required=True, help="results folder")

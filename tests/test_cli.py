@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 
 def cli(*args, env=None, timeout=600):
@@ -70,3 +71,58 @@ def test_demo_job_runs_through_verl(tmp_path, tiny_model_dir):
     assert summary["questions"] == 2
     assert 0 < summary["response_tokens_mean"] <= 48
     assert {"reward_mean", "f1_mean", "format_rate", "searches_per_trajectory", "masked_share"} <= set(summary)
+
+
+def test_recipes_ls_dir_and_cp(tmp_path):
+    out = cli("recipes", "ls")
+    assert out.returncode == 0, out.stderr
+    names = [line.split()[0] for line in out.stdout.splitlines() if line and not line.startswith(("verl:", "("))]
+    assert {
+        "tiny_cpu_grpo",
+        "research_qwen2.5_7b_instruct",
+        "rollout_engine/vllm_cpu",
+        "openrlhf/search_r1_like",
+    } <= set(names)
+    folder = cli("recipes", "dir").stdout.strip()
+    assert (Path(folder) / "tiny_cpu_grpo.yaml").is_file()
+    copied = cli("recipes", "cp", "tiny_cpu_grpo", str(tmp_path))
+    assert (
+        copied.returncode == 0
+        and (tmp_path / "tiny_cpu_grpo.yaml").read_text() == (Path(folder) / "tiny_cpu_grpo.yaml").read_text()
+    )
+    assert "--config-path" in copied.stdout
+    assert cli("recipes", "cp", "tiny_cpu_grpo", str(tmp_path)).returncode == 2  # never overwrites
+    shell = cli("recipes", "cp", "openrlhf/r1_searcher_stage1", str(tmp_path / "or"))
+    assert shell.returncode == 0 and {p.name for p in (tmp_path / "or").iterdir()} == {
+        "r1_searcher_stage1.sh",
+        "launch.sh",
+    }
+    assert cli("recipes", "cp", "nope").returncode == 2
+
+
+def test_the_wheel_carries_the_recipes(tmp_path):
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(root)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = tmp_path.glob("research_plugin-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in (
+        "tiny_cpu_grpo.yaml",
+        "rollout_engine/vllm_cpu.yaml",
+        "openrlhf/launch.sh",
+        "openrlhf/search_r1_like.sh",
+    ):
+        assert f"research_plugin/recipes/{name}" in names
+    assert "research_plugin/data/demo_corpus.jsonl" in names and "research_plugin/openrlhf/agent_func.py" in names
+
+
+def test_demo_names_what_a_model_folder_lacks(tmp_path):
+    out = cli("demo", "-n", "1", "--model", str(tmp_path))
+    assert out.returncode == 2 and "global_step_N/actor/huggingface" in out.stderr and "hf_model" in out.stderr

@@ -10,6 +10,7 @@ and what it left in ``/dev/shm``.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import subprocess
@@ -21,18 +22,22 @@ from pathlib import Path
 import pytest
 import torch
 
+from research_plugin.recipes import recipes_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 2
 
 
 def per_step(log: str) -> dict[int, dict[str, float]]:
-    """verl's console metric lines as {step: {key: value}} (parsed by the plugin's own log reader)."""
+    """verl's console metric lines of the training steps as {step: {key: value}} (parsed by the plugin's own log
+    reader); step 0 is the validation before training."""
     from research_plugin.dynamics.training_logs import parse_console
 
     steps: dict[int, dict[str, float]] = {}
     for key, series in parse_console(log.splitlines()).items():
         for step, value in series.items():
-            steps.setdefault(step, {})[key] = value
+            if step > 0:
+                steps.setdefault(step, {})[key] = value
     return steps
 
 
@@ -52,7 +57,7 @@ def run(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"cpu_grpo_{engine}")
     cmd = [
         sys.executable, "-m", "verl.trainer.main_ppo",
-        "--config-path", str(ROOT / "recipes"), "--config-name", "tiny_cpu_grpo",
+        "--config-path", str(recipes_dir()), "--config-name", "tiny_cpu_grpo",
         *([] if engine == "hf" else [f"+rollout_engine={engine}"]),
         f"trainer.total_training_steps={STEPS}",
         f"trainer.default_local_dir={out / 'ckpt'}",
@@ -124,3 +129,28 @@ def test_policy_weights_changed_and_a_checkpoint_was_written(run):
     assert common, (list(trained)[:5], list(initial)[:5])
     changed = [k for k in common if not torch.equal(trained[k].float(), initial[k].float())]
     assert len(changed) > len(common) // 2, f"only {len(changed)}/{len(common)} tensors changed"
+
+
+def test_the_run_ends_with_a_summary_metrics_plots_and_a_model_eval_and_demo_load(run):
+    from research_plugin.verl.run_report import latest_hf_checkpoint, resolve_model_dir
+
+    log = run["log"]
+    assert f"=== tiny_cpu_grpo: {STEPS} training steps in" in log
+    for line in ("validation", "reward", "answer F1", "searches / question", "checkpoint:", "plots:", "next:"):
+        assert line in log, line
+    assert "target_num_threads" not in log  # TransferQueue's per-transfer warning
+    # validated before training (step 0) and after the last step, both in the metrics file the plots read
+    lines = [json.loads(line) for line in (run["ckpt"] / "metrics.jsonl").read_text().splitlines()]
+    val_steps = [r["step"] for r in lines if any(k.startswith("val-core/") for k in r["data"])]
+    assert val_steps == [0, STEPS] and [r["step"] for r in lines][1:] == list(range(1, STEPS + 1))
+    assert {p.name for p in (run["ckpt"] / "plots").glob("*.png")} >= {"reward.png", "searches.png"}
+    # the run's folder stands for its newest Hugging Face copy
+    hf = latest_hf_checkpoint(run["ckpt"])
+    assert hf == run["ckpt"] / f"global_step_{STEPS}" / "actor" / "huggingface"
+    assert resolve_model_dir(run["ckpt"]) == hf and (hf / "tokenizer.json").is_file()
+    demo = subprocess.run(
+        [sys.executable, "-m", "research_plugin.cli", "demo", "-n", "1", "--model", str(run["ckpt"])],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert demo.returncode == 0, demo.stderr[-2000:]
+    assert '"questions": 1' in demo.stdout

@@ -31,6 +31,7 @@ from research_plugin import compute_score  # noqa: E402
 from research_plugin.core.dialects import DIALECTS  # noqa: E402
 from research_plugin.core.rewards import SCHEMES  # noqa: E402
 from research_plugin.openrlhf.agent import AgentExecutor, AgentSettings, load_settings, parse_label  # noqa: E402
+from research_plugin.recipes import recipes_dir  # noqa: E402
 
 from .local_http import free_port  # noqa: E402
 from .test_cpu_grpo import shm_segments  # noqa: E402
@@ -375,7 +376,7 @@ def test_openrlhfs_policy_loss_gives_no_gradient_on_result_tokens(rollout):
 # the shell recipes: what they submit, checked against OpenRLHF 0.11.2's own command line
 # ---------------------------------------------------------------------------------------------------------------
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes" / "openrlhf").glob("*.sh"))
+RECIPES = sorted((recipes_dir() / "openrlhf").glob("*.sh"))
 FAKE_RAY = """#!/usr/bin/env python3
 import json, os, sys
 json.dump(sys.argv[1:], open(os.environ["RAY_ARGV_FILE"], "w"))

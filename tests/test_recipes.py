@@ -1,7 +1,7 @@
 """Every ``recipes/*.yaml`` composes with verl 0.9.1's own Hydra config and passes verl's validation.
 
-Composition goes through Hydra's compose API over the recipes folder, which is what
-``python -m verl.trainer.main_ppo --config-path $PWD/recipes --config-name NAME`` does (one test runs that very
+Composition goes through Hydra's compose API over the recipes folder, which is what ``python -m
+verl.trainer.main_ppo --config-path $(research-plugin recipes dir) --config-name NAME`` does (one test runs that very
 command). Validation is the call ``main_ppo.main`` makes before it starts Ray; it reads the GPU counts from the
 config (``trainer.n_gpus_per_node``, ``trainer.nnodes``) and never looks for devices, so no override is needed.
 """
@@ -21,8 +21,9 @@ from omegaconf import OmegaConf
 from research_plugin.core.rewards import SCHEMES
 from research_plugin.core.search_step import SearchAgentConfig
 from research_plugin.prepare import Source, prepare
+from research_plugin.recipes import recipes_dir
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES_DIR = recipes_dir()
 RECIPES = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 FIXTURE = Path(__file__).parent / "fixtures" / "prepare" / "popqa_test.jsonl"
 

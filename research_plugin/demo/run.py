@@ -3,7 +3,7 @@
 Questions come from the bundled two-hop set, retrieval is in-process BM25 over the bundled corpus, the policy
 is a local HF model (by default the bundled tiny Qwen2, format-warmed-up: it shows the plumbing, not skill).
 Every trajectory is printed with its retrieved blocks marked as masked, followed by the reward parts.
-The training job is ``recipes/tiny_cpu_grpo.yaml`` under verl's launcher.
+The training job is ``research_plugin/recipes/tiny_cpu_grpo.yaml`` under verl's launcher.
 """
 
 from __future__ import annotations
@@ -35,9 +35,10 @@ def run_demo(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..verl.hf_generation import HFGenerationServer
+    from ..verl.run_report import resolve_model_dir
     from .assets import demo_model
 
-    model_dir = Path(model or demo_model())
+    model_dir = resolve_model_dir(model) if model else Path(demo_model())
     rows = load_questions(n)
     config = trainer_config(
         model_dir,

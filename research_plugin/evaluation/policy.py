@@ -229,10 +229,13 @@ def load_policy(
     from transformers import AutoModelForCausalLM
 
     from ..verl.hf_generation import HFGenerationServer
+    from ..verl.run_report import resolve_model_dir
 
-    model_dir = Path(model)
-    if not (model_dir / "config.json").is_file():
-        raise ValueError(f"--model must be an http(s):// completions endpoint or a local HF model folder: {model!r}")
+    try:
+        model_dir = resolve_model_dir(model)
+    except ValueError as e:
+        raise ValueError(f"--model must be an http(s):// completions endpoint, a local HF model folder or a verl "
+                         f"checkpoint folder: {e}") from None  # fmt: skip
     server = HFGenerationServer(
         AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir), seed=seed
     )

@@ -12,7 +12,8 @@ Also ``search/masked_tokens/sum`` (response tokens with ``response_mask`` 0, as 
 ``search/retrieved_tokens/sum`` (tokens the agent loop inserted from the retriever): equal when exactly the
 retrieved tokens are masked.
 
-Select one with ``trainer.v1.trainer_mode=search_sync`` (the recipes do).
+Select one with ``trainer.v1.trainer_mode=search_sync`` (the recipes do). They also end a run with its metrics,
+plots and a summary (:mod:`.run_report`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from verl.trainer.ppo.v1 import register_trainer
 from verl.trainer.ppo.v1.trainer_colocate_async import PPOTrainerColocateAsync
 from verl.trainer.ppo.v1.trainer_separate_async import PPOTrainerSeparateAsync
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+from .run_report import RunReportMixin
 
 REWARD_KEYS = ("score", "f1", "em", "cover_em", "acc_r", "subem", "format", "truncated")
 LOOP_KEYS = ("num_searches", "num_failed_searches", "num_invalid_queries", "retrieved_tokens", "retrieval_s")
@@ -74,15 +77,15 @@ class SearchMetricsMixin:
 
 
 @register_trainer("search_sync")
-class SearchPPOTrainerSync(SearchMetricsMixin, PPOTrainerSync):
+class SearchPPOTrainerSync(RunReportMixin, SearchMetricsMixin, PPOTrainerSync):
     pass
 
 
 @register_trainer("search_colocate_async")
-class SearchPPOTrainerColocateAsync(SearchMetricsMixin, PPOTrainerColocateAsync):
+class SearchPPOTrainerColocateAsync(RunReportMixin, SearchMetricsMixin, PPOTrainerColocateAsync):
     pass
 
 
 @register_trainer("search_separate_async")
-class SearchPPOTrainerSeparateAsync(SearchMetricsMixin, PPOTrainerSeparateAsync):
+class SearchPPOTrainerSeparateAsync(RunReportMixin, SearchMetricsMixin, PPOTrainerSeparateAsync):
     pass

@@ -1,0 +1,155 @@
+"""What a training run ends with, for the person who started it: the metrics, their plots, and a short summary.
+
+The plugin's trainer modes (:mod:`.search_metrics`) record every step's metrics and every validation; when verl's
+``fit`` returns they write, under ``trainer.default_local_dir``:
+
+- ``metrics.jsonl``: one ``{"step", "data"}`` line per logged step, verl's file-logger format (``research-plugin
+  plot`` reads it);
+- ``plots/``: reward, response length and searches over the steps, training and validation curves;
+
+and print a summary: validation reward, answer F1 and searches per question before and after training, steps,
+wall time, the checkpoint (its Hugging Face copy when the run saved one) and the commands to try it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+_VAL = re.compile(r"^val-(?:core|aux)/(?P<source>[^/]+)/(?P<var>[^/]+)/mean@\d+$")
+REPORTED = (("reward", ("reward", "score")), ("answer F1", ("f1",)), ("searches / question", ("num_searches",)))
+
+
+def validation_means(metrics: Mapping[str, float]) -> dict[str, float]:
+    """``{var: mean over benchmarks}`` of verl's validation metrics (``val-core/<source>/<var>/mean@N``)."""
+    sums: dict[str, list[float]] = {}
+    for key, value in metrics.items():
+        m = _VAL.match(key)
+        if m and isinstance(value, (int, float)):
+            sums.setdefault(m["var"], []).append(float(value))
+    return {var: sum(xs) / len(xs) for var, xs in sums.items()}
+
+
+def latest_hf_checkpoint(root: str | Path) -> Path | None:
+    """The newest ``global_step_N/actor/huggingface`` under a verl checkpoint folder, if it saved one."""
+    found = sorted(
+        Path(root).glob("global_step_*/actor/huggingface"), key=lambda p: int(p.parts[-3].rsplit("_", 1)[-1])
+    )
+    return found[-1] if found and (found[-1] / "config.json").is_file() else None
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A Hugging Face model folder from ``path``: the folder itself, or the newest Hugging Face copy in a verl
+    checkpoint folder (``trainer.default_local_dir`` of a run whose ``checkpoint.save_contents`` has
+    ``hf_model``, as the embedded default's has)."""
+    p = Path(path)
+    if (p / "config.json").is_file():
+        return p
+    hf = latest_hf_checkpoint(p)
+    if hf is None:
+        raise ValueError(
+            f"{path} is neither a Hugging Face model folder (config.json) nor a verl checkpoint folder with a "
+            "Hugging Face copy (global_step_N/actor/huggingface; save it with "
+            "actor_rollout_ref.actor.checkpoint.save_contents including hf_model)"
+        )
+    return hf
+
+
+class RunReportMixin:
+    """Records metrics and validations of a verl trainer, and reports when ``fit`` returns (module docstring)."""
+
+    def fit(self, *args, **kwargs):
+        self._report_steps: list[tuple[int, dict[str, float]]] = []
+        self._report_validations: list[tuple[int, dict[str, float]]] = []
+        start = time.monotonic()
+        result = super().fit(*args, **kwargs)
+        try:
+            self._report(time.monotonic() - start)
+        except Exception as e:  # a report that fails must not fail a finished run
+            logger.warning("run report failed: %s: %s", type(e).__name__, e)
+        return result
+
+    def _validate(self, *args, **kwargs):
+        metrics = super()._validate(*args, **kwargs)
+        if hasattr(self, "_report_validations") and metrics:
+            self._report_validations.append((int(self.global_steps), _numbers(metrics)))
+        return metrics
+
+    def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
+        super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
+        if hasattr(self, "_report_steps"):
+            self._report_steps.append((int(global_steps), _numbers(metrics)))
+
+    def _report(self, seconds: float) -> None:
+        trainer = self.config.trainer
+        out = Path(trainer.default_local_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        lines = [(0, m) for step, m in self._report_validations if step == 0] + self._report_steps
+        path = out / "metrics.jsonl"
+        path.write_text("".join(json.dumps({"step": s, "data": m}) + "\n" for s, m in lines), encoding="utf-8")
+        plots = out / "plots"
+        try:
+            from ..dynamics.plots import plot_training
+
+            plot_training([path], plots)
+        except Exception as e:  # matplotlib missing, nothing to draw: the run still reports
+            logger.warning("no plots: %s: %s", type(e).__name__, e)
+        val = self.config.data.get("val_files")
+        val = [val] if isinstance(val, str) else list(val or [])
+        retriever = self.config.get("search_agent", {}).get("retriever")
+        print(
+            summary(
+                trainer.experiment_name, self._report_steps, self._report_validations, seconds, out, plots,
+                val_files=val, retriever=retriever if isinstance(retriever, str) else None,
+            )
+        )  # fmt: skip
+
+
+def _numbers(metrics: Mapping) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        try:
+            out[key] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def summary(
+    name, steps, validations, seconds: float, out: Path, plots: Path, val_files=(), retriever: str | None = None
+) -> str:
+    """The few lines a run ends with (see the module docstring)."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    lines = [f"\n=== {name}: {len(steps)} training steps in {minutes} min {secs} s ==="]
+    if validations:
+        first, last = validation_means(validations[0][1]), validation_means(validations[-1][1])
+        lines.append(f"{'validation':24}{'step ' + str(validations[0][0]):>12}{'step ' + str(validations[-1][0]):>12}")
+        for label, names in REPORTED:
+            var = next((v for v in names if v in first or v in last), None)
+            if var is not None:
+                a, b = first.get(var), last.get(var)
+                lines.append(f"  {label:22}{_fmt(a):>12}{_fmt(b):>12}")
+    hf = latest_hf_checkpoint(out)
+    lines.append(f"checkpoint: {hf if hf is not None else out}")
+    if plots.is_dir() and any(plots.glob("*.png")):
+        lines.append(f"plots:      {plots}/ ({', '.join(sorted(p.name for p in plots.glob('*.png')))})")
+    lines.append(f"metrics:    {out / 'metrics.jsonl'}")
+    if hf is not None:
+        lines.append("next:")
+        lines.append(f"  research-plugin demo --model {out}")
+        data = " ".join(str(v) for v in val_files) or "<prepared parquet>"
+        lines.append(
+            f"  research-plugin eval --model {out} --data {data} --retriever {retriever or '<retriever>'} "
+            f"--out {out / 'eval'}"
+        )
+    return "\n".join(lines)
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
