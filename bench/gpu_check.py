@@ -18,10 +18,13 @@ one failing step is recorded and the others still run:
    on its own claims ~75% of the GPU here.)
 2. **dense_retriever**: the dense retriever with its encoder on CUDA, in float16 and bfloat16: index the bundled
    corpus, search each passage's own text (it must come first), queries per second.
-3. **passage_embedding**: ``Encoder.encode_passages`` of an E5-base-v2-shaped encoder (BERT-base, random weights,
+3. **faiss_gpus**: with faiss-gpu (``--download-wheels DIR --faiss-gpu``), the dense retriever's index on every GPU,
+   replicated, sharded and replicated in float16: the class faiss made, self-retrieval top-1, queries/s (skipped,
+   and said so, with faiss-cpu).
+4. **passage_embedding**: ``Encoder.encode_passages`` of an E5-base-v2-shaped encoder (BERT-base, random weights,
    a WordPiece vocabulary trained here) on title + 100-word passages, batch 512, float16 and bfloat16: passages/s
    and the time wiki-18's 21.0M passages would take.
-4. **hf_generation**: the ``hf`` rollout backend's decoder (``HFGenerationServer``) on CUDA with the tiny demo
+5. **hf_generation**: the ``hf`` rollout backend's decoder (``HFGenerationServer``) on CUDA with the tiny demo
    policy: 64 concurrent requests of 256 tokens, tokens/s.
 """
 
@@ -41,7 +44,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 WIKI18_PASSAGES = 21_015_324
-STEPS = ("imports", "dense_retriever", "passage_embedding", "hf_generation")
+STEPS = ("imports", "dense_retriever", "faiss_gpus", "passage_embedding", "hf_generation")
 STEP_TIMEOUT_S = 240
 WHEELS = [  # what a bare GPU image (torch, transformers, sentence-transformers, numpy) lacks; pinned as tested
     "bm25s", "PyStemmer", "faiss-cpu", "fastapi", "starlette", "pydantic", "pydantic_core", "uvicorn", "httptools",
@@ -144,12 +147,16 @@ def install_wheels(wheels: Path) -> Path:
     return site
 
 
-def download_wheels(dest: Path, python_version: str) -> None:
-    """The wheels of :data:`WHEELS` for a manylinux x86-64 machine, at the versions ``constraints.txt`` pins."""
+def download_wheels(dest: Path, python_version: str, faiss_gpu: bool = False) -> None:
+    """The wheels of :data:`WHEELS` for a manylinux x86-64 machine, at the versions ``constraints.txt`` pins
+    (faiss-gpu-cu12, unpinned, in place of faiss-cpu with ``faiss_gpu``)."""
     pins = dict(line.split("==", 1) for line in (REPO / "constraints.txt").read_text().splitlines() if "==" in line)
     canon = {re.sub(r"[-_.]+", "-", name).lower(): name for name in pins}
     specs = []
     for name in WHEELS:
+        if faiss_gpu and name == "faiss-cpu":
+            specs.append("faiss-gpu-cu12")
+            continue
         pinned = canon.get(re.sub(r"[-_.]+", "-", name).lower())
         specs.append(f"{name}=={pins[pinned]}" if pinned else name)
     platforms = [f"--platform={p}" for p in ("manylinux2014_x86_64", "manylinux_2_28_x86_64", "manylinux_2_34_x86_64")]
@@ -333,6 +340,43 @@ def step_dense_retriever(device: str, dry: bool) -> dict:
     return out
 
 
+def step_faiss_gpus(device: str, dry: bool) -> dict:
+    import faiss
+
+    from research_plugin.data import demo_corpus_path
+    from research_plugin.retrieval import iter_corpus
+    from research_plugin.retrieval.dense import DenseRetriever, Encoder
+    from research_plugin.retrieval.index_builder import build_index
+
+    gpus = faiss.get_num_gpus()
+    if not gpus:
+        return {"skipped": f"faiss {faiss.__version__} sees no GPU (faiss-cpu; --download-wheels DIR --faiss-gpu)"}
+    passages = list(iter_corpus(demo_corpus_path()))
+    out: dict = {"faiss": faiss.__version__, "gpus": gpus, "passages": len(passages)}
+    with tempfile.TemporaryDirectory() as tmp:
+        model = random_encoder(Path(tmp), [p.contents for p in passages], e5_base=False, max_seq_length=256)
+        encoder = Encoder(model, device=device)
+        build_index(demo_corpus_path(), Path(tmp) / "flat", backend="dense", encoder=encoder, progress=False)
+        queries = [p.contents for p in passages]
+        for name, options in {
+            "replicated": {}, "sharded": {"shard": True}, "replicated_fp16": {"gpu_fp16": True},
+        }.items():  # fmt: skip
+            retriever = DenseRetriever(Path(tmp) / "flat", encoder=encoder, **options)
+            asyncio.run(retriever.search(queries[:8], 1))
+            start = time.perf_counter()
+            results = asyncio.run(retriever.search(queries, 1))
+            elapsed = time.perf_counter() - start
+            hits = sum(bool(r.passages) and r.passages[0].id == p.id for r, p in zip(results, passages))
+            out[name] = {
+                "index_class": type(retriever.index).__name__,
+                "parallel_batches": retriever.parallel_batches,
+                "self_retrieval_top1": round(hits / len(passages), 3),
+                "queries_per_s": round(len(queries) / elapsed, 1),
+            }
+            del retriever
+    return out
+
+
 def step_passage_embedding(device: str, dry: bool) -> dict:
     from research_plugin.retrieval.dense import Encoder
 
@@ -405,6 +449,9 @@ def main() -> None:
     parser.add_argument("--wheels", type=Path, help="a folder of wheels to install (no index, no deps) and use")
     parser.add_argument("--download-wheels", type=Path, metavar="DIR", help="fetch the wheels a GPU image lacks")
     parser.add_argument("--python-version", default="3.12", help="the GPU machine's Python (for --download-wheels)")
+    parser.add_argument(
+        "--faiss-gpu", action="store_true", help="with --download-wheels: faiss-gpu-cu12, not faiss-cpu"
+    )
     parser.add_argument("--step", choices=STEPS, help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     parser.add_argument("--hold", action="store_true", help=argparse.SUPPRESS)
@@ -412,14 +459,18 @@ def main() -> None:
 
     if args.download_wheels:
         args.download_wheels.mkdir(parents=True, exist_ok=True)
-        download_wheels(args.download_wheels, args.python_version)
+        download_wheels(args.download_wheels, args.python_version, faiss_gpu=args.faiss_gpu)
         return
     if args.step == "imports":
         step_imports(args.hold)
         return
     if args.step:
-        step = {"dense_retriever": step_dense_retriever, "passage_embedding": step_passage_embedding,
-                "hf_generation": step_hf_generation}[args.step]  # fmt: skip
+        step = {
+            "dense_retriever": step_dense_retriever,
+            "faiss_gpus": step_faiss_gpus,
+            "passage_embedding": step_passage_embedding,
+            "hf_generation": step_hf_generation,
+        }[args.step]
         print(json.dumps(step(args.device, args.dry_run)), flush=True)
         return
 

@@ -35,6 +35,7 @@ import socket
 import sys
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -52,6 +53,8 @@ from fastapi.responses import JSONResponse  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from research_plugin.retrieval.base import Passage, Retriever, SearchResult  # noqa: E402
+
 HOST = "127.0.0.1"
 TOP_K = 3  # Search-R1's default topk
 QUERY_WORDS = 6
@@ -60,11 +63,17 @@ ZIPF_S = 1.07
 FORMAT = 1  # bump when the corpus generator changes, so cached corpora are not reused
 
 BACKENDS = ("bm25", "dense")
+LATENCY = "latency"
+"""A backend of set latency (no index): ``--latency`` stages of ``fixed + per-query`` time, slept, not computed."""
+GPU_BOX_LATENCY = "66.8,0.807"
+"""One stage fitted to the lent H200's dense backend (fp16 E5-base encoder on the GPU, faiss-cpu Flat 100k x 768 on
+16 cores: batches of 64 and 256 at 540 and 936 q/s, i.e. ~118 and ~273 ms)."""
 DENSE_ENCODER = "minilm"  # the bundled offline all-MiniLM-L6-v2
 
 TARGET_AB = 0.9
 TARGET_AC = 5.0
 RATIO_CONCURRENCY = 64
+RATIO_CONCURRENCIES = (64, 256)
 ERRORS_CONCURRENCY = 256
 
 
@@ -215,18 +224,77 @@ def build_index(backend: str, corpus_path: Path, index_dir: Path, passage_tokens
 
 
 # --------------------------------------------------------------------------------------------------------------
+# a backend of set latency: the regime of a GPU box, reproduced on any machine
+
+
+class LatencyRetriever(Retriever):
+    """Answers after ``stages`` of ``fixed_ms + per_query_ms * batch`` each, slept (so it takes no CPU, as an
+    accelerator would not), each stage behind its own lock: with two stages (an encoder on a GPU, a scan on the CPU)
+    two batches overlap, and ``parallel_batches`` says so. Every query gets the same ``TOP_K`` passages back for the
+    same text."""
+
+    name = "latency"
+
+    def __init__(self, stages: list[tuple[float, float]]) -> None:
+        self.stages = [(fixed / 1000.0, per_query / 1000.0) for fixed, per_query in stages]
+        self.parallel_batches = len(self.stages)
+        self._async_locks: list[asyncio.Lock] | None = None
+        self._thread_locks = [threading.Lock() for _ in self.stages]
+
+    def describe(self) -> str:
+        return "latency(" + "; ".join(f"{f * 1e3:g} ms + {p * 1e3:g} ms/query" for f, p in self.stages) + ")"
+
+    async def _search(self, queries: list[str], top_k: int) -> list[SearchResult]:
+        if self._async_locks is None:  # made in the loop that searches
+            self._async_locks = [asyncio.Lock() for _ in self.stages]
+        for (fixed, per_query), lock in zip(self.stages, self._async_locks):
+            async with lock:
+                await asyncio.sleep(fixed + per_query * len(queries))
+        return [self._result(q, top_k) for q in queries]
+
+    def _search_sync(self, queries: list[str], top_k: int) -> list[SearchResult]:
+        for (fixed, per_query), lock in zip(self.stages, self._thread_locks):
+            with lock:
+                time.sleep(fixed + per_query * len(queries))
+        return [self._result(q, top_k) for q in queries]
+
+    def _result(self, query: str, top_k: int) -> SearchResult:
+        first = zlib.crc32(query.encode())
+        return SearchResult([_MADE_UP[(first + i) % len(_MADE_UP)] for i in range(top_k)])
+
+
+_MADE_UP = [Passage(f"p{i}", "T", "lorem ipsum dolor sit amet " * 20, 1.0) for i in range(1000)]
+"""The set-latency backend's passages (~100 words each, a wiki-18 passage's length)."""
+
+
+def parse_latency(text: str) -> list[tuple[float, float]]:
+    """``"FIXED_MS,PER_QUERY_MS[;FIXED_MS,PER_QUERY_MS]"`` -> stages."""
+    stages = [tuple(float(x) for x in part.split(",")) for part in text.split(";") if part.strip()]
+    if not stages or any(len(s) != 2 or min(s) < 0 for s in stages):
+        raise ValueError(f"--latency takes FIXED_MS,PER_QUERY_MS[;FIXED_MS,PER_QUERY_MS], not {text!r}")
+    return stages  # type: ignore[return-value]
+
+
+def make_backend(spec: dict[str, Any]) -> Any:
+    """The backend a spec names: the latency stand-in, or a real retriever."""
+    if spec["type"] == LATENCY:
+        return LatencyRetriever(spec["stages"])
+    from research_plugin.retrieval import build_retriever
+
+    return build_retriever(spec)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # servers (each in its own spawned process)
 
 
 def _ours_app(spec: dict[str, Any], search_processes: int) -> Any:
     from functools import partial
 
-    from research_plugin.retrieval import build_retriever
     from research_plugin.retrieval.server import create_app
 
-    return create_app(
-        partial(build_retriever, spec), index_id=spec["index_dir"], cache_size=0, search_processes=search_processes
-    )
+    index_id = spec.get("index_dir", spec["type"])
+    return create_app(partial(make_backend, spec), index_id=index_id, cache_size=0, search_processes=search_processes)
 
 
 class RetrieveRequest(BaseModel):
@@ -240,9 +308,7 @@ class RetrieveRequest(BaseModel):
 def _baseline_app(spec: dict[str, Any]) -> Any:
     """The common design: a sync FastAPI endpoint (so FastAPI runs it in its threadpool) that searches the backend
     once per request. Same response shape and JSONResponse as ours, so only the request handling differs."""
-    from research_plugin.retrieval import build_retriever
-
-    retriever: Any = build_retriever(spec)
+    retriever: Any = make_backend(spec)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.post("/retrieve")
@@ -423,36 +489,87 @@ def _pct(ordered: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))], 2)
 
 
+class _Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection, one request at a time, reading ``Content-Length`` answers. The load
+    client is this rather than aiohttp because its cost is in the measured cycle: a batch's clients get their
+    answers and ask again between two backend calls, and aiohttp took 100-160 us of the client's core a request,
+    ~40 ms at 256 clients, as much as the server's own HTTP work (and the clients of a real service are many
+    processes, not one core)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._buffer = bytearray()
+        self._answer: asyncio.Future[tuple[int, bytes]] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_exception(ConnectionResetError("server closed the connection"))
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        head_end = self._buffer.find(b"\r\n\r\n")
+        if head_end < 0 or self._answer is None or self._answer.done():
+            return
+        head = bytes(self._buffer[:head_end]).split(b"\r\n")
+        length = next(
+            (int(v) for k, _, v in (h.partition(b":") for h in head[1:]) if k.lower() == b"content-length"), -1
+        )
+        if length < 0:
+            self._answer.set_exception(RuntimeError("answer without Content-Length"))
+            return
+        if len(self._buffer) >= head_end + 4 + length:
+            body = bytes(self._buffer[head_end + 4 : head_end + 4 + length])
+            del self._buffer[: head_end + 4 + length]
+            self._answer.set_result((int(head[0].split()[1]), body))
+
+    async def post(self, request: bytes) -> tuple[int, bytes]:
+        assert self.transport is not None
+        self._answer = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        return await self._answer
+
+
 async def _load(
     url: str, feed: QueryFeed, cell: Cell, warmup_s: float, max_requests: int, request_timeout_s: float
 ) -> None:
-    """``cell.concurrency`` coroutines, each posting one query at a time until the window ends or
-    ``max_requests`` were issued. Latency is recorded for OK requests started inside the window; throughput
-    counts OK responses finished inside it; errors count every non-200 or exception of the whole cell."""
-    import aiohttp
+    """``cell.concurrency`` coroutines, each posting one query at a time on its own connection until the window
+    ends or ``max_requests`` were issued. Latency is recorded for OK requests started inside the window;
+    throughput counts OK responses finished inside it; errors count every non-200 or exception of the whole cell."""
+    from urllib.parse import urlsplit
 
-    connector = aiohttp.TCPConnector(limit=cell.concurrency, limit_per_host=0, ttl_dns_cache=None)
-    timeout = aiohttp.ClientTimeout(total=request_timeout_s)
-    headers = {"Content-Type": "application/json"}
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        t0 = time.perf_counter()
-        t_measure = t0 + warmup_s
-        t_end = t_measure + cell.duration_s
+    where = urlsplit(url)
+    host, port = where.hostname or HOST, where.port or 80
+    head = f"POST {where.path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n".encode()
+    loop = asyncio.get_running_loop()
+    t0 = time.perf_counter()
+    t_measure = t0 + warmup_s
+    t_end = t_measure + cell.duration_s
 
-        async def worker() -> None:
+    async def worker() -> None:
+        connection: _Connection | None = None
+        try:
             while True:
                 if cell.issued >= max_requests or time.perf_counter() >= t_end:
                     return
                 cell.issued += 1
-                payload = json.dumps({"queries": [feed.next()], "topk": TOP_K, "return_scores": False})
+                body = json.dumps({"queries": [feed.next()], "topk": TOP_K, "return_scores": False}).encode()
                 start = time.perf_counter()
                 status: int | str
                 try:
-                    async with session.post(url, data=payload, headers=headers) as resp:
-                        await resp.read()
-                        status = resp.status
+                    if connection is None or connection.closed:
+                        _, connection = await loop.create_connection(_Connection, host, port)
+                    request = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+                    status, _ = await asyncio.wait_for(connection.post(request), request_timeout_s)
                 except Exception as e:  # noqa: BLE001 - every failure is an error of the cell
                     status = type(e).__name__
+                    if connection is not None and connection.transport is not None:
+                        connection.transport.close()
+                    connection = None
                 end = time.perf_counter()
                 if status != 200:
                     cell.errors += 1
@@ -461,8 +578,11 @@ async def _load(
                     cell.latencies_ms.append((end - start) * 1000.0)
                 if status == 200 and t_measure <= end <= t_end:
                     cell.completed += 1
+        finally:
+            if connection is not None and connection.transport is not None:
+                connection.transport.close()
 
-        await asyncio.gather(*(worker() for _ in range(cell.concurrency)))
+    await asyncio.gather(*(worker() for _ in range(cell.concurrency)))
 
 
 async def _get_json(url: str) -> dict[str, Any]:
@@ -576,9 +696,7 @@ def run_server_cells(
 def _backend_main(
     spec: dict[str, Any], queries: list[tuple[str, str]], batch_sizes: list[int], duration: float, spot: int
 ) -> dict[str, Any]:
-    from research_plugin.retrieval import build_retriever
-
-    retriever = build_retriever(spec)
+    retriever = make_backend(spec)
 
     async def go() -> dict[str, Any]:
         texts = [q for q, _ in queries]
@@ -697,8 +815,13 @@ def make_plot(summary: dict[str, Any], path: Path) -> str:
     ax.set_xlabel("concurrent clients")
     ax.set_ylabel("queries / s")
     dtype = summary["config"].get("encoder_dtype", "float32")
-    what = "BM25" if summary["index"]["backend"] == "bm25" else f"dense (MiniLM {dtype} + faiss Flat IP)"
-    ax.set_title(f"{what} /retrieve, {summary['corpus']['passages']:,} passages, {os.cpu_count()} cores")
+    kind = summary["index"]["backend"]
+    if kind == LATENCY:
+        stages = "; ".join(f"{f:g} ms + {q:g} ms/query" for f, q in summary["index"]["stages_ms"])
+        ax.set_title(f"set-latency backend ({stages}) /retrieve, {os.cpu_count()} cores", fontsize="medium")
+    else:
+        what = "BM25" if kind == "bm25" else f"dense (MiniLM {dtype} + faiss Flat IP)"
+        ax.set_title(f"{what} /retrieve, {summary['corpus']['passages']:,} passages, {os.cpu_count()} cores")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
@@ -710,7 +833,8 @@ def make_plot(summary: dict[str, Any], path: Path) -> str:
 
 
 def _ratios(servers: list[dict[str, Any]], backend: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets, for each configuration of our server measured."""
+    """The issue's targets, for each configuration of our server measured: (a)/(b) and (a)/(c) at each of
+    ``RATIO_CONCURRENCIES`` clients (b: the backend in batches of that many), errors at ``ERRORS_CONCURRENCY``."""
 
     def qps(system: str, n: int) -> float | None:
         return next((r["qps"] for r in servers if r["system"] == system and r["concurrency"] == n), None)
@@ -718,45 +842,39 @@ def _ratios(servers: list[dict[str, Any]], backend: dict[str, Any]) -> list[dict
     def verdict(value: float | None, ok: bool) -> str:
         return "n/a (not measured)" if value is None else ("PASS" if ok else "FAIL")
 
-    n = RATIO_CONCURRENCY
-    c = qps("baseline", n)
-    b = backend["batches"].get(str(n), {}).get("qps")
-    b_best = max((x["qps"] for x in backend["batches"].values()), default=None)
+    def ratio(x: float | None, y: float | None) -> float | None:
+        return x / y if x is not None and y else None
+
     out = []
     for system in dict.fromkeys(r["system"] for r in servers if r["system"] != "baseline"):
-        a = qps(system, n)
-        ab = a / b if a is not None and b else None
-        ab_best = a / b_best if a is not None and b_best else None
-        ac = a / c if a is not None and c else None
+        for n in RATIO_CONCURRENCIES:
+            ab = ratio(qps(system, n), backend["batches"].get(str(n), {}).get("qps"))
+            ac = ratio(qps(system, n), qps("baseline", n))
+            out += [
+                {
+                    "name": f"{system}: (a)/(b) at {n} clients (b = batch {n})",
+                    "value": ab,
+                    "target": f">={TARGET_AB}",
+                    "verdict": verdict(ab, ab is not None and ab >= TARGET_AB),
+                },
+                {
+                    "name": f"{system}: (a)/(c) at {n} clients",
+                    "value": ac,
+                    "target": f">={TARGET_AC:g}",
+                    "verdict": verdict(ac, ac is not None and ac >= TARGET_AC),
+                },
+            ]
         errs = next(
             (r["errors"] for r in servers if r["system"] == system and r["concurrency"] == ERRORS_CONCURRENCY), None
         )
-        out += [
-            {
-                "name": f"{system}: (a)/(b) at {n} clients (b = batch {n})",
-                "value": ab,
-                "target": f">={TARGET_AB}",
-                "verdict": verdict(ab, ab is not None and ab >= TARGET_AB),
-            },
-            {
-                "name": f"{system}: (a)/(b best batch) at {n} clients",
-                "value": ab_best,
-                "target": f">={TARGET_AB}",
-                "verdict": verdict(ab_best, ab_best is not None and ab_best >= TARGET_AB),
-            },
-            {
-                "name": f"{system}: (a)/(c) at {n} clients",
-                "value": ac,
-                "target": f">={TARGET_AC:g}",
-                "verdict": verdict(ac, ac is not None and ac >= TARGET_AC),
-            },
+        out.append(
             {
                 "name": f"{system}: errors at {ERRORS_CONCURRENCY} clients",
                 "value": errs,
                 "target": "0",
                 "verdict": verdict(errs, errs == 0),
-            },
-        ]
+            }
+        )
     return out
 
 
@@ -789,14 +907,29 @@ def _environment(backends: list[str]) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backend", choices=[*BACKENDS, "both"], default="both", help="index to measure (default both)")
+    p.add_argument(
+        "--backend",
+        choices=[*BACKENDS, "both", LATENCY],
+        default="both",
+        help="index to measure (default both: bm25 and dense); latency: a backend of set latency, no index",
+    )
+    p.add_argument(
+        "--latency",
+        default=GPU_BOX_LATENCY,
+        help="with --backend latency: FIXED_MS,PER_QUERY_MS a batch, per stage, stages separated by ';' (default "
+        f"{GPU_BOX_LATENCY}: the dense backend measured on an H200, fp16 E5-base-shaped encoder + faiss-cpu Flat "
+        "over 100k x 768)",
+    )
     p.add_argument("--passages", type=int, help="corpus size (default 100000; 20000 with --quick)")
     p.add_argument("--duration", type=float, help="seconds measured per cell (default 10; 3 with --quick)")
     p.add_argument("--warmup", type=float, help="seconds of unmeasured load before each cell (default 1; 0.5 quick)")
     p.add_argument("--concurrency", default="1,16,64,256", help="comma-separated client counts")
     p.add_argument("--batch-sizes", default="1,64,256", help="backend batch sizes for (b)")
     p.add_argument("--max-requests", type=int, default=200_000, help="cap on requests per cell")
-    p.add_argument("--systems", default="ours,procs,baseline", help="servers to load: ours, procs (ours-pN), baseline")
+    p.add_argument(
+        "--systems",
+        help="servers to load: ours, procs (ours-pN), baseline (default all; ours,baseline for --backend latency)",
+    )
     p.add_argument("--search-processes", default="1,2", help="comma-separated N: one ours-pN server each")
     p.add_argument(
         "--threads",
@@ -824,7 +957,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0)
     args.concurrency = [int(x) for x in args.concurrency.split(",") if x.strip()]
     args.batch_sizes = [int(x) for x in args.batch_sizes.split(",") if x.strip()]
+    if args.systems is None:
+        args.systems = "ours,baseline" if args.backend == LATENCY else "ours,procs,baseline"
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    try:
+        args.stages = parse_latency(args.latency)
+    except ValueError as e:
+        p.error(str(e))
     if args.passages < 1000 or args.duration <= 0 or min(args.concurrency) < 1 or min(args.batch_sizes) < 1:
         p.error("need --passages >= 1000, --duration > 0, concurrency and batch sizes >= 1")
     if set(args.systems) - {"ours", "procs", "baseline"}:
@@ -866,24 +1005,30 @@ def measure_client(queries: list[tuple[str, str]], args: argparse.Namespace) -> 
 
 def run_one_backend(
     backend_name: str,
-    build: dict[str, Any],
+    build: dict[str, Any] | None,
     corpus_path: Path,
     queries: list[tuple[str, str]],
     client: dict[str, Any],
     env: dict[str, Any],
     args: argparse.Namespace,
 ) -> Path:
-    """Measure (b), then each server, over the index ``build`` describes; write and return the JSON."""
+    """Measure (b), then each server, over the index ``build`` describes (none for the set-latency backend); write
+    and return the JSON."""
     started = time.time()
     print(f"\n=== {backend_name} ===")
-    index_dir = _index_dir(args.work_dir, backend_name, args.passages, args.seed, args.passage_tokens)
-    print(
-        f"index: {build['passages']} passages, {'cached' if build['loaded_from_cache'] else 'built'} "
-        f"in {build['seconds']} s ({index_dir})"
-    )
-    spec = {"type": backend_name, "index_dir": str(index_dir)}
-    if backend_name == "dense":
-        spec["encoder_dtype"] = args.encoder_dtype
+    spec: dict[str, Any]
+    if build is None:
+        spec = {"type": LATENCY, "stages": args.stages}
+        print(f"backend: {LatencyRetriever(args.stages).describe()}, no index")
+    else:
+        index_dir = _index_dir(args.work_dir, backend_name, args.passages, args.seed, args.passage_tokens)
+        print(
+            f"index: {build['passages']} passages, {'cached' if build['loaded_from_cache'] else 'built'} "
+            f"in {build['seconds']} s ({index_dir})"
+        )
+        spec = {"type": backend_name, "index_dir": str(index_dir)}
+        if backend_name == "dense":
+            spec["encoder_dtype"] = args.encoder_dtype
 
     print("(b) backend, in-process batches:")
     spot = min(args.spot, len(queries) // 4)
@@ -891,7 +1036,10 @@ def run_one_backend(
     backend = run_backend(spec, queries, args.batch_sizes, args.duration, spot)
     spot_ids = backend["spot"].pop("ids")
     s = backend["spot"]
-    print(f"  spot check: source passage ranked 1st for {s['top1']}/{s['n']}, in top {TOP_K} for {s['top3']}/{s['n']}")
+    if build is not None:  # the set-latency backend's passages are made up: only the servers' identity check holds
+        print(
+            f"  spot check: source passage ranked 1st for {s['top1']}/{s['n']}, in top {TOP_K} for {s['top3']}/{s['n']}"
+        )
 
     systems = [
         y for x in args.systems for y in ([f"ours-p{n}" for n in args.search_processes] if x == "procs" else [x])
@@ -933,7 +1081,7 @@ def run_one_backend(
             "query_words": QUERY_WORDS,
             "top_k": TOP_K,
         },
-        "index": build,
+        "index": build if build is not None else {"backend": LATENCY, "stages_ms": args.stages},
         "spot_check": {"backend": s, **spot_check},
         "client_overhead": client,
         "backend": backend,
@@ -942,14 +1090,22 @@ def run_one_backend(
         "wall_s": round(time.time() - started, 1),
     }
     print_table(summary)
-    dtype = f"-{args.encoder_dtype}" if backend_name == "dense" and args.encoder_dtype != "float32" else ""
-    out = args.out_dir / f"retrieval-{backend_name}{dtype}{'-quick' if args.quick else ''}.json"
+    out = args.out_dir / f"retrieval-{backend_name}{_variant(args, backend_name)}{'-quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1) + "\n")
     print(f"\nresults: {out}")
     print(make_plot(summary, out.with_suffix(".png")))
     print(f"{backend_name}: wall time {summary['wall_s']} s")
     return out
+
+
+def _variant(args: argparse.Namespace, backend_name: str) -> str:
+    """What tells this run's result file from the default configuration's."""
+    if backend_name == "dense" and args.encoder_dtype != "float32":
+        return f"-{args.encoder_dtype}"
+    if backend_name == LATENCY and args.latency != GPU_BOX_LATENCY:
+        return "-" + "-".join(f"{f:g}+{q:g}" for f, q in args.stages)
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -972,8 +1128,10 @@ def main(argv: list[str] | None = None) -> int:
         generate_corpus(corpus_path, queries_path, args.passages, args.seed)
     queries = load_queries(queries_path)
     print(f"queries: {len(queries)} distinct ({QUERY_WORDS} words each, from known passages)")
-    builds = {  # every index first: the builds are the long, unmeasured part
-        name: build_index(
+    builds: dict[str, dict[str, Any] | None] = {  # every index first: the builds are the long, unmeasured part
+        name: None
+        if name == LATENCY
+        else build_index(
             name,
             corpus_path,
             _index_dir(args.work_dir, name, args.passages, args.seed, args.passage_tokens),

@@ -174,6 +174,8 @@ def dense_options(args) -> dict:
         options["gpu"] = False
     if args.shard:
         options["shard"] = True
+    if args.gpu_fp16:
+        options["gpu_fp16"] = True
     return options
 
 
@@ -246,6 +248,7 @@ def cmd_index_build(args) -> int:
             backend=args.backend,
             encoder=args.encoder,
             encoder_dtype=args.encoder_dtype,
+            devices=[d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None,
             index_type=args.index_type,
             fp16=args.fp16,
             batch_size=args.batch_size,
@@ -420,12 +423,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", help="the jsonl a Lucene index was built from, when it stores no document text")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-batch", type=int, default=64, help="most queries per backend call")
+    p.add_argument("--max-batch", type=int, default=256, help="most queries per backend call")
     p.add_argument(
         "--batch-window-ms",
         type=float,
         default=3.0,
-        help="longest wait for as many queries as the last second's largest batch (default 3; 0: never wait)",
+        help="shortest wait for the clients the last second saw active; the wait is a quarter of the backend's "
+        "measured batch time when that is longer (default 3; 0: never wait)",
     )
     p.add_argument("--max-queue", type=int, default=1024, help="queued queries before requests get 429")
     p.add_argument("--cache-size", type=int, default=100_000, help="cached results (0 disables the cache)")
@@ -442,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     dense.add_argument("--encoder-dtype", help="query encoder precision: float32 (default), bfloat16 (CPU), float16")
     dense.add_argument("--cpu-index", action="store_true", help="keep the faiss index on the CPU when GPUs exist")
     dense.add_argument("--shard", action="store_true", help="split the faiss index across GPUs instead of copying it")
+    dense.add_argument("--gpu-fp16", action="store_true", help="store the index's vectors on GPUs in float16")
     dense.add_argument("--nprobe", type=int, help="IVF lists searched per query (default 32)")
     dense.add_argument("--ef-search", type=int, help="HNSW search breadth (default 64)")
     p.add_argument(
@@ -458,7 +463,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["bm25", "dense", "lucene"], default="bm25", help="lucene: the lucene extra")
     p.add_argument("--out", required=True, help="index folder to create (replaces an older index there)")
     p.add_argument("--encoder", default="minilm", help="'minilm' (bundled) or a sentence-transformers path / name")
-    p.add_argument("--encoder-dtype", default="float32", help="encoder precision: float32, bfloat16 (CPU), float16")
+    p.add_argument(
+        "--encoder-dtype",
+        default="auto",
+        help="encoder precision: auto (default: float16 on a GPU, float32 elsewhere), float32, bfloat16, float16",
+    )
+    p.add_argument(
+        "--devices",
+        help="comma-separated devices to encode on in parallel, one process each (default: every visible GPU when "
+        "there are more than one, else one device)",
+    )
     p.add_argument("--index-type", default="Flat", help="faiss index_factory string: Flat, HNSW32, IVF1024,PQ48, ...")
     p.add_argument("--batch-size", type=int, default=256, help="passages per encoder batch")
     p.add_argument("--shard-size", type=int, default=50_000, help="passages per resumable embedding shard")

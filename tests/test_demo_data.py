@@ -157,6 +157,12 @@ def test_recipe_data_resolver_splits_the_bundled_questions(tmp_path, monkeypatch
     assert not set(train["extra_info"].map(lambda e: e["id"])) & set(val["extra_info"].map(lambda e: e["id"]))
     assert set(train["agent_name"]) == {"search_agent"}
 
+    # the format warm-up of the demo policy scripts training questions only: validation stays held out
+    from research_plugin.demo.warmup import training_rows
+
+    warmed = {row["id"] for row in training_rows()}
+    assert warmed and warmed <= set(train["extra_info"].map(lambda e: e["id"]))
+
 
 def test_warmup_trajectories_are_well_formed_and_score_full_reward():
     from research_plugin.core.dialects import get_dialect, result_block

@@ -30,6 +30,9 @@ def test_dry_run_runs_every_step(tmp_path):
     assert dense["status"] == "ok", dense
     assert dense["bfloat16"]["self_retrieval_top1"] == 1.0 and dense["bfloat16"]["queries_per_s"] > 0
 
+    faiss_gpus = report["faiss_gpus"]  # faiss-cpu here: skipped, saying why
+    assert faiss_gpus["status"] == "ok" and "faiss-gpu" in faiss_gpus["skipped"], faiss_gpus
+
     embedding = report["passage_embedding"]
     assert embedding["status"] == "ok", embedding
     assert embedding["bfloat16"]["passages_per_s"] > 0 and embedding["bfloat16"]["word_pieces_per_passage"] > 50

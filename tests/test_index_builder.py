@@ -154,6 +154,25 @@ def test_shards_of_other_settings_are_not_reused(
     assert calls == [["m0", "m1", "m2"], ["m3", "m4", "m5"]]
 
 
+def test_data_parallel_build_equals_one_device(mini_corpus: Path, tmp_path: Path, minilm: Encoder) -> None:
+    """Two device processes (here both on the CPU, as two GPUs would be) encode and write alternate shards; the
+    index is the one a single device builds."""
+    one = build_index(mini_corpus, tmp_path / "one", backend="dense", encoder=minilm, shard_size=2, progress=False)
+    two = build_index(
+        mini_corpus,
+        tmp_path / "two",
+        backend="dense",
+        encoder=minilm,
+        shard_size=2,
+        devices=["cpu", "cpu"],
+        progress=False,
+    )
+    assert two["index_id"] == one["index_id"] and two["passages"] == one["passages"] == 6
+    vectors = [faiss.read_index(str(tmp_path / d / "index.faiss")).reconstruct_n(0, 6) for d in ("one", "two")]
+    np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-6)
+    assert (tmp_path / "one" / "passages.jsonl").read_bytes() == (tmp_path / "two" / "passages.jsonl").read_bytes()
+
+
 def test_a_folder_that_is_not_an_index_is_never_replaced(mini_corpus: Path, tmp_path: Path) -> None:
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "keep.txt").write_text("mine")

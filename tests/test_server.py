@@ -233,28 +233,64 @@ def test_batch_window_waits_only_for_the_load_just_seen(bm25: BM25Retriever) -> 
     assert [len(call) for call in backend.calls] == [1, 8, 8, 1]
 
 
-def test_batch_window_is_for_a_backend_that_searches_one_batch_at_a_time(bm25: BM25Retriever) -> None:
-    """With room for two batches at once (a pool of search processes), a query arriving while a batch is searched
-    goes at once."""
+def test_clients_that_ask_again_are_not_split_into_cohorts(bm25: BM25Retriever) -> None:
+    """24 clients each asking again as soon as they get an answer, over a backend that takes 0.1 s a batch: once
+    the batcher has seen them all, every batch holds all 24 (batching only what arrived during a search splits them
+    into alternating half-sized cohorts)."""
     from research_plugin.retrieval.batching import Batcher
 
-    backend = Wrapped(bm25, delay=0.5)
+    backend = Wrapped(bm25, delay=0.1)
+    words = [w for q in QUERIES for w in q.split()]
 
     async def go() -> None:
-        batcher = Batcher(backend, index_id="t", batch_window_s=30.0, cache_size=0, max_in_flight=2)
+        batcher = Batcher(backend, index_id="t", cache_size=0)
         batcher.start()
+
+        async def client(i: int) -> None:
+            await asyncio.sleep(0.05 * (i % 2))  # half of them arrive while the first batch is searched
+            for r in range(6):
+                await batcher.search([f"{words[(i * 7 + r) % len(words)]} {i} {r}"], 1)
+
         try:
-            await asyncio.gather(*(batcher.search([q], 1) for q in QUERIES[:8]))  # the load: batches of 8
-            slow = asyncio.ensure_future(asyncio.gather(*(batcher.search([q], 1) for q in QUERIES[8:16])))
-            await asyncio.sleep(0.1)
-            assert len(backend.calls) == 2  # the second batch of 8 is being searched
-            await asyncio.wait_for(batcher.search([QUERIES[16]], 1), 5)
-            await slow
+            await asyncio.wait_for(asyncio.gather(*(client(i) for i in range(24))), 30)
         finally:
             await batcher.stop()
 
     asyncio.run(go())
-    assert [len(call) for call in backend.calls] == [8, 8, 1]
+    sizes = [len(call) for call in backend.calls]
+    # the half that came first is searched alone; from then on every batch holds all 24 clients
+    assert sizes[0] == 12 and set(sizes[1:-1]) == {24} and sum(sizes) == 24 * 6, sizes
+
+
+def test_a_backend_that_searches_two_batches_at_once_gets_half_the_clients_in_each(bm25: BM25Retriever) -> None:
+    """With room for two batches at once (a pool of search processes, or an encoder on a GPU beside an index on
+    the CPU), 16 clients asking again as soon as they are answered settle into two batches of about 8, one in each
+    slot, rather than fragments that each pay the backend's fixed cost."""
+    from research_plugin.retrieval.batching import Batcher
+
+    backend = Wrapped(bm25, delay=0.2)
+    words = [w for q in QUERIES for w in q.split()]
+
+    async def go() -> None:
+        batcher = Batcher(backend, index_id="t", cache_size=0, max_in_flight=2)
+        batcher.start()
+
+        async def client(i: int) -> None:
+            await asyncio.sleep(0.1 * (i // 8))  # half of them arrive while the first batch is searched
+            for r in range(10):
+                await asyncio.sleep(0.002 * (i % 8))  # an HTTP round trip: the clients of a batch come back spread
+                await batcher.search([f"{words[(i * 7 + r) % len(words)]} {i} {r}"], 1)
+
+        try:
+            await asyncio.wait_for(asyncio.gather(*(client(i) for i in range(16))), 30)
+        finally:
+            await batcher.stop()
+
+    asyncio.run(go())
+    sizes = [len(call) for call in backend.calls]
+    # once the batcher has seen them all, every batch holds about half (a late client may change sides; the last
+    # batch is those still asking); without the wait: [..., 13, 2, 1, 2, 13, 2, 1, 2, 13, ...]
+    assert sum(sizes) == 16 * 10 and min(sizes[-10:-1]) >= 6, str(sizes)
 
 
 def test_cache_hits_skip_the_backend(bm25: BM25Retriever) -> None:

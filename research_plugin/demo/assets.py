@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..data import demo_corpus_path, demo_questions_path
 
-VERSION = "4"  # bump when the tiny model, the warm-up or the row format changes
+VERSION = "5"  # bump when the tiny model, the warm-up or the row format changes
 
 
 def cache_dir() -> Path:
@@ -59,6 +59,11 @@ def demo_model() -> str:
     return str(out)
 
 
+def is_validation(row: int) -> bool:
+    """Whether the bundled question on (non-blank) line ``row`` is held out for validation: every 5th one."""
+    return row % 5 == 4
+
+
 def demo_data(split: str = "train") -> str:
     """Path of the bundled questions as a verl parquet file for ``split`` (``train`` or ``val``)."""
     from ..prepare.formats import parse
@@ -72,7 +77,7 @@ def demo_data(split: str = "train") -> str:
     with _locked("demo_data"):
         lines = [line for line in demo_questions_path().open(encoding="utf-8") if line.strip()]
         examples = [parse(json.loads(line), "flashrag") for line in lines]
-        chosen = [ex for i, ex in enumerate(examples) if (i % 5 == 4) == (split == "val")]
+        chosen = [ex for i, ex in enumerate(examples) if is_validation(i) == (split == "val")]
         rows = [
             build_row(
                 ex, data_source="demo", index=i, split=split, dialect="research", scheme="research", template="instruct"

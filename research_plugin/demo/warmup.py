@@ -36,12 +36,20 @@ def scripted_response(row: dict, dialect: Dialect, results: list[str]) -> list[t
     return segments
 
 
+def training_rows() -> list[dict]:
+    """The bundled two-hop questions the warm-up scripts: training ones only, never the held-out validation ones."""
+    from .assets import is_validation
+
+    lines = [line for line in demo_questions_path().open(encoding="utf-8") if line.strip()]
+    rows = [json.loads(line) for i, line in enumerate(lines) if not is_validation(i)]
+    return [r for r in rows if len(r["metadata"].get("decomposition", [])) == 2]
+
+
 def _examples(tokenizer, dialect: Dialect, top_k: int) -> list[tuple[list[int], list[int]]]:
-    """Token ids and labels (-100 where not trained) of one scripted trajectory per bundled question."""
+    """Token ids and labels (-100 where not trained) of one scripted trajectory per :func:`training_rows` row."""
     from ..retrieval import get_retriever
 
-    rows = [json.loads(line) for line in demo_questions_path().open(encoding="utf-8") if line.strip()]
-    rows = [r for r in rows if len(r["metadata"].get("decomposition", [])) == 2]
+    rows = training_rows()
     queries = [step.split(" -> ")[0] for r in rows for step in r["metadata"]["decomposition"]]
     results = asyncio.run(get_retriever("demo").search(queries, top_k))
     blocks = iter(result_block(format_passages(res.passages), dialect) for res in results)

@@ -72,6 +72,10 @@ class Retriever(abc.ABC):
     """
 
     name: str = "retriever"
+    parallel_batches: int = 1
+    """How many batches the backend searches at once to advantage: more than 1 when its stages run on different
+    devices (a query encoder on a GPU while the index is scanned on the CPU), so a server keeps that many batches
+    in flight."""
 
     async def search(self, queries: Sequence[str], top_k: int) -> list[SearchResult]:
         if isinstance(queries, str):

@@ -3,18 +3,21 @@
 Every query of every request becomes one pending item keyed by its normalised text and ``top_k``. A single
 batcher task takes what is pending (up to ``max_batch``) as soon as the backend is free, so queries that arrive
 during a search form the next batch. The backend counts as free while fewer than ``max_in_flight`` batches are
-being searched (1 for an in-process index; more for one that searches several batches at once, such as a pool of
-search processes). The backend is called once for the distinct queries of a batch at the batch's largest
-``top_k``, and each item's answer is cut to its own ``top_k``. Identical queries are searched once: a cached
-answer is returned at once, and a query already queued or being searched is joined rather than queued again.
+being searched (1 for an in-process index; more for one that searches several batches at once: a pool of search
+processes, or a backend whose stages run on different devices, ``Retriever.parallel_batches``). The backend is
+called once for the distinct queries of a batch at the batch's largest ``top_k``, and each item's answer is cut to
+its own ``top_k``. Identical queries are searched once: a cached answer is returned at once, and a query already
+queued or being searched is joined rather than queued again.
 
 Under steady load, batching what arrived during the last search splits the clients into cohorts that alternate,
-each searched in a half-sized batch. So, for a backend that searches one batch at a time, when fewer queries wait
-than the largest batch of the last second (the load just seen), the batcher waits up to ``batch_window_s`` for
-that many: it flushes on size or on time (measured, dense search at 64 clients: mean batch ~21-32 -> ~55; fp32
-in-process 211 -> 227 q/s, bfloat16 with one search process 378 -> 490). An idle server (last batches of one
-query) never waits, nor does a backend that searches several batches at once (their completions overlap:
-measured with two BM25 search processes, waiting only idled them, 1729 -> 1398 q/s at 64 clients).
+each searched in a part-sized batch: a client whose answer just came back asks again a moment later, after the
+next batch has started. So the batcher tracks the demand: when a batch starts or ends, the queries being searched
+plus those waiting are the clients active; a batch waits for the last second's largest demand divided over the
+batches in flight (all of it for a backend that searches one batch at a time, half of it for two), flushing on
+size or on time. The wait is adapted to the backend: a quarter of its measured service time (a client comes back
+within an HTTP round trip; a slow backend makes a bigger batch worth more), at least ``batch_window_s`` (0: never
+wait). An idle server (a demand of one query) never waits. ``bench/retrieval.py`` measures the service against the
+backend alone, on real indexes and on a backend of set latency (a GPU box's regime).
 """
 
 from __future__ import annotations
@@ -102,9 +105,11 @@ class Batcher:
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
         self._slots = asyncio.Semaphore(max_in_flight)
-        self._windowed = batch_window_s > 0 and max_in_flight == 1
-        # (start time, size) of the last second's batches that no later batch matched in size: the first is the largest
+        self.max_in_flight = max_in_flight
+        self._searching = 0  # queries in the batches being searched
+        # (time, demand) of the last second's batch ends that no later one matched: the first is the largest
         self._recent: deque[tuple[float, int]] = deque()
+        self._service_s = 0.0  # moving average of a batch's search time
         self._want = 1  # queries worth waiting for before a batch
         self._task: asyncio.Task[None] | None = None
         self._searches: set[asyncio.Task[None]] = set()
@@ -176,32 +181,48 @@ class Batcher:
         while True:
             await self._arrived.wait()
             await self._slots.acquire()
-            self._want = self._recent_load()
-            if self._windowed and len(self._pending) < self._want:
+            # the active clients split evenly over the batches in flight
+            self._want = -(-self._recent_load() // self.max_in_flight)
+            if self.batch_window_s > 0 and len(self._pending) < self._want:
                 self._full.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self.batch_window_s)
+                    await asyncio.wait_for(self._full.wait(), self.window_s())
             batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
-            while self._recent and self._recent[-1][1] <= len(batch):
-                self._recent.pop()
-            self._recent.append((time.monotonic(), len(batch)))
+            self._searching += len(batch)
+            self._note_demand(self._searching + len(self._pending))
             if not self._pending:
                 self._arrived.clear()
             search = asyncio.get_running_loop().create_task(self._search_batch(batch))
             self._searches.add(search)
             search.add_done_callback(self._searches.discard)
 
+    def window_s(self) -> float:
+        """How long a batch waits for the demand: a quarter of the measured service time, at least the window."""
+        return max(self.batch_window_s, 0.25 * self._service_s)
+
+    def _note_demand(self, demand: int) -> None:
+        while self._recent and self._recent[-1][1] <= demand:
+            self._recent.pop()
+        self._recent.append((time.monotonic(), demand))
+
     def _recent_load(self) -> int:
-        """The largest batch started in the last second (at most ``max_batch``; 1 when there was none)."""
+        """The largest demand of the last second (at most ``max_batch``; 1 when there was none)."""
         horizon = time.monotonic() - 1.0
         while self._recent and self._recent[0][0] < horizon:
             self._recent.popleft()
         return min(self.max_batch, self._recent[0][1] if self._recent else 1)
 
     async def _search_batch(self, batch: list[_Item]) -> None:
+        start = time.monotonic()
         try:
             await self._search_and_answer(batch)
         finally:
+            elapsed = time.monotonic() - start
+            self._service_s = elapsed if not self._service_s else 0.8 * self._service_s + 0.2 * elapsed
+            # the clients active now: this batch's, which will ask again, those of the other batches in flight,
+            # and those already waiting
+            self._note_demand(self._searching + len(self._pending))
+            self._searching -= len(batch)
             self._slots.release()
 
     async def _search_and_answer(self, batch: list[_Item]) -> None:

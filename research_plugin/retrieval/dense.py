@@ -13,6 +13,7 @@ import mmap
 import re
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,7 +39,8 @@ MINILM = "minilm"
 
 BGE_QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
 
-ENCODER_DTYPES = ("float32", "bfloat16", "float16")
+ENCODER_DTYPES = ("auto", "float32", "bfloat16", "float16")
+"""``auto``: float16 on a GPU, float32 elsewhere."""
 
 BLAS_THRESHOLD = 4
 """Batches of at least this many queries are scored with one BLAS matrix product (faiss's
@@ -76,7 +78,8 @@ class Encoder:
     ``model`` is :data:`MINILM`, a local sentence-transformers folder or a model name resolvable offline (set
     ``HF_HUB_OFFLINE=1`` to use the Hugging Face cache only). Explicit prefixes override :func:`default_prefixes`.
     ``dtype`` is the weights' precision: ``bfloat16`` runs a batch about 3x faster on CPUs with AVX512-BF16 / AMX,
-    ``float16`` is for GPUs; embeddings are returned as float32 either way.
+    ``float16`` is for GPUs, ``auto`` is float16 on a GPU and float32 elsewhere; embeddings are returned as float32
+    either way.
     """
 
     def __init__(
@@ -98,8 +101,10 @@ class Encoder:
         default_query, default_passage = default_prefixes(self.name)
         self.query_prefix = default_query if query_prefix is None else query_prefix
         self.passage_prefix = default_passage if passage_prefix is None else passage_prefix
-        self.dtype = dtype
         self.model = SentenceTransformer(self.path, device=device)
+        if dtype == "auto":
+            dtype = "float16" if self.model.device.type == "cuda" else "float32"
+        self.dtype = dtype
         self.model.to(getattr(torch, dtype))
 
     def info(self) -> dict[str, str]:
@@ -118,14 +123,43 @@ class Encoder:
     def encode_passages(
         self, passages: Sequence[Passage], batch_size: int = 256, bar: tqdm | None = None
     ) -> np.ndarray:
-        """Embed passages in their wiki-18 ``contents`` form, ``batch_size`` at a time, advancing ``bar``."""
+        """Embed passages in their wiki-18 ``contents`` form, advancing ``bar``; the rows follow ``passages``.
+
+        Pipelined for index builds: the passages are ordered by length so that each batch of ``batch_size`` pads to
+        its own longest (length buckets over the whole call, not within each batch), and a thread tokenises batch
+        k + 1 while batch k runs through the model (the tokenizer and torch both release the GIL).
+        """
+        import torch
+        from sentence_transformers.util import batch_to_device
+
         texts = [self.passage_prefix + p.contents for p in passages]
-        parts = []
-        for start in range(0, len(texts), batch_size):
-            parts.append(self._encode(texts[start : start + batch_size], batch_size))
-            if bar is not None:
-                bar.update(len(parts[-1]))
-        return np.concatenate(parts)
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        batches = [order[start : start + batch_size] for start in range(0, len(texts), batch_size)]
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        preprocess = getattr(self.model, "preprocess", None) or self.model.tokenize  # sentence-transformers < 5
+        self.model.eval()
+        with ThreadPoolExecutor(1, thread_name_prefix="tokenise") as tokeniser, torch.inference_mode():
+            ahead = tokeniser.submit(preprocess, [texts[i] for i in batches[0]]) if batches else None
+            for k, rows in enumerate(batches):
+                assert ahead is not None
+                features = ahead.result()
+                if k + 1 < len(batches):
+                    ahead = tokeniser.submit(preprocess, [texts[i] for i in batches[k + 1]])
+                embeddings = self.model(batch_to_device(features, self.model.device))["sentence_embedding"]
+                embeddings = torch.nn.functional.normalize(embeddings.float(), p=2, dim=1)
+                out[rows] = embeddings.cpu().numpy()
+                if bar is not None:
+                    bar.update(len(rows))
+        return out
+
+    @property
+    def dimension(self) -> int:
+        dimension = (
+            getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        )()
+        if dimension is None:
+            raise ValueError(f"{self.name}: the encoder does not say its embedding size")
+        return int(dimension)
 
     def _encode(self, texts: list[str], batch_size: int) -> np.ndarray:
         embeddings = self.model.encode(
@@ -174,7 +208,8 @@ class DenseRetriever(Retriever):
     ``encoder``: an :class:`Encoder` (its prefixes must match the index's) or a model name / path replacing the
     recorded one (same model, other location). When faiss-gpu sees GPUs, the index is copied to all of them,
     replicated or, with ``shard=True``, split across them; types faiss cannot clone to GPUs (HNSW, ``SQfp16``) stay
-    on the CPU with a warning. ``gpu=False`` keeps the index on the CPU, leaving GPU memory to training.
+    on the CPU with a warning; ``gpu_fp16=True`` stores the vectors there in float16 (half the memory: wiki-18's
+    flat index in 32 GB instead of 65). ``gpu=False`` keeps the index on the CPU, leaving GPU memory to training.
     ``nprobe`` (IVF) and ``ef_search`` (HNSW) trade speed for recall. ``encoder_dtype`` is the query encoder's
     precision (see :class:`Encoder`). ``blas_threshold`` sets faiss's process-wide
     ``distance_compute_blas_threshold`` (see :data:`BLAS_THRESHOLD`; ``None`` leaves faiss's own).
@@ -190,6 +225,7 @@ class DenseRetriever(Retriever):
         device: str | None = None,
         gpu: bool = True,
         shard: bool = False,
+        gpu_fp16: bool = False,
         nprobe: int = 32,
         ef_search: int = 64,
         encoder_dtype: str = "float32",
@@ -222,11 +258,16 @@ class DenseRetriever(Retriever):
         if factory.startswith("HNSW"):
             faiss.ParameterSpace().set_index_parameter(index, "efSearch", ef_search)
         if gpu and faiss.get_num_gpus() > 0:
-            index = _to_gpus(index, shard=shard)
+            index = _to_gpus(index, shard=shard, fp16=gpu_fp16)
         if blas_threshold is not None:
             faiss.cvar.distance_compute_blas_threshold = blas_threshold
         self.index = index
+        self._encode_lock = threading.Lock()
         self._lock = threading.Lock()
+        # the query encoder on a GPU and the index on the CPU are two devices: a batch can be encoded while the
+        # previous one is scanned, so a server keeps two in flight
+        on_gpu = str(self.encoder.model.device).startswith("cuda")
+        self.parallel_batches = 2 if on_gpu and not _on_gpus(index) else 1
 
     def describe(self) -> str:
         return (
@@ -235,11 +276,18 @@ class DenseRetriever(Retriever):
         )
 
     async def _search(self, queries: list[str], top_k: int) -> list[SearchResult]:
-        return await asyncio.to_thread(self._search_sync, queries, top_k)
+        embeddings = await asyncio.to_thread(self._encode, queries)
+        return await asyncio.to_thread(self._scan, embeddings, top_k)
 
     def _search_sync(self, queries: list[str], top_k: int) -> list[SearchResult]:
+        return self._scan(self._encode(queries), top_k)
+
+    def _encode(self, queries: list[str]) -> np.ndarray:
+        with self._encode_lock:
+            return self.encoder.encode_queries(queries)
+
+    def _scan(self, embeddings: np.ndarray, top_k: int) -> list[SearchResult]:
         with self._lock:
-            embeddings = self.encoder.encode_queries(queries)
             scores, ids = self.index.search(embeddings, min(top_k, len(self.passages)))
         return [
             SearchResult([replace(self.passages[j], score=s) for j, s in zip(row_ids, row_scores) if j >= 0])
@@ -247,10 +295,21 @@ class DenseRetriever(Retriever):
         ]
 
 
-def _to_gpus(index: faiss.Index, *, shard: bool) -> faiss.Index:
-    """``index`` on all GPUs (replicas, or shards); the CPU index when faiss cannot move this type."""
+def _on_gpus(index: faiss.Index) -> bool:
+    """Whether faiss placed ``index`` on GPUs (then it shares the device with an encoder there)."""
+    return (
+        "Gpu" in type(index).__name__
+        or "IndexShards" in type(index).__name__
+        or "IndexReplicas" in type(index).__name__
+    )
+
+
+def _to_gpus(index: faiss.Index, *, shard: bool, fp16: bool = False) -> faiss.Index:
+    """``index`` on all GPUs (replicas, or shards; float16 vectors with ``fp16``); the CPU index when faiss cannot
+    move this type."""
     options = faiss.GpuMultipleClonerOptions()
     options.shard = shard
+    options.useFloat16 = fp16
     try:
         gpu_index = faiss.index_cpu_to_all_gpus(index, co=options)
     except RuntimeError as e:

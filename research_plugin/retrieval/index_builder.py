@@ -5,6 +5,11 @@ The folder loads with ``build_retriever({"type": backend, "index_dir": out})``. 
 one. Dense builds cache the corpus embeddings in ``<out>.work/`` as one ``.npy`` file per shard of ``shard_size``
 passages (each written under a temporary name, then renamed): rerunning an interrupted build with the same corpus
 and encoder encodes only the missing shards. The work folder is removed once the index is in place.
+
+Embedding is pipelined: within a shard, ``Encoder.encode_passages`` tokenises ahead in a thread over length-ordered
+batches; a finished shard is written by a thread while the next one is encoded; with several ``devices`` (by default
+every visible GPU when there are more than one) each runs an encoder in its own process on whole shards, writing
+its shards itself, while this process reads the corpus and writes the passage store.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ import platform
 import shutil
 import tempfile
 from array import array
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,7 +52,8 @@ def build_index(
     *,
     backend: str = "bm25",
     encoder: Encoder | str = "minilm",
-    encoder_dtype: str = "float32",
+    encoder_dtype: str = "auto",
+    devices: Sequence[str] | None = None,
     index_type: str = "Flat",
     fp16: bool = False,
     batch_size: int = 256,
@@ -55,9 +63,11 @@ def build_index(
     """Build the ``backend`` index of ``corpus`` (a jsonl path or ``"demo"``) into ``out``; returns its manifest.
 
     Dense options: ``encoder`` (an :class:`~research_plugin.retrieval.dense.Encoder`, ``"minilm"``, or a
-    sentence-transformers path / name) and its ``encoder_dtype`` (when named), faiss ``index_type`` (``Flat``,
-    ``HNSW32``, ``IVF1024,PQ48``, ... any ``index_factory`` string), ``fp16`` vector storage, encoding ``batch_size``
-    and ``shard_size``. A ``lucene`` index (pyserini, the ``lucene`` extra) is a plain Lucene index in ``out`` next
+    sentence-transformers path / name) and its ``encoder_dtype`` (when named; ``auto``: float16 on a GPU, float32
+    elsewhere), the ``devices`` to encode on in parallel (``["cuda:0", "cuda:1"]``; default: every visible GPU when
+    there are more than one, else the encoder's own device), faiss ``index_type`` (``Flat``, ``HNSW32``,
+    ``IVF1024,PQ48``, ... any ``index_factory`` string), ``fp16`` vector storage, encoding ``batch_size`` and
+    ``shard_size``. A ``lucene`` index (pyserini, the ``lucene`` extra) is a plain Lucene index in ``out`` next
     to the manifest. An existing ``out`` is replaced only if it holds an index (a ``manifest.json``).
     """
     if backend not in BACKENDS:
@@ -75,8 +85,9 @@ def build_index(
         from .dense import Encoder, factory_string
 
         factory = factory_string(index_type, fp16)  # fails fast on a bad combination
+        devices = list(devices) if devices is not None else _visible_gpus()
         if not isinstance(encoder, Encoder):
-            encoder = Encoder(encoder, dtype=encoder_dtype)
+            encoder = Encoder(encoder, dtype=encoder_dtype, device=devices[0] if devices else None)
     if backend == "lucene":
         from .lucene import start_pyserini
 
@@ -96,6 +107,7 @@ def build_index(
                 work,
                 encoder,
                 factory,
+                devices=devices,
                 batch_size=batch_size,
                 shard_size=shard_size,
                 key=sha256,
@@ -145,6 +157,7 @@ def _build_dense(
     encoder: Encoder,
     factory: str,
     *,
+    devices: list[str],
     batch_size: int,
     shard_size: int,
     key: str,
@@ -162,6 +175,7 @@ def _build_dense(
     with (
         open(tmp / PASSAGES_FILE, "wb") as f,
         tqdm(total=lines, desc="encode", unit="passage", disable=not progress) as bar,
+        _ShardEncoder(encoder, devices, batch_size, bar) as shard_encoder,
     ):
         for number, shard in enumerate(_batched(iter_corpus(corpus), shard_size)):
             for passage in shard:
@@ -172,7 +186,7 @@ def _build_dense(
             if _rows(path) == len(shard):
                 bar.update(len(shard))  # encoded by an earlier, interrupted run
             else:
-                _save_npy(path, encoder.encode_passages(shard, batch_size, bar))
+                shard_encoder.submit(shard, path)
     np.save(tmp / OFFSETS_FILE, np.frombuffer(offsets, dtype=np.int64))
     index = _faiss_index(shards, len(offsets) - 1, factory, progress)
     faiss.write_index(index, str(tmp / INDEX_FILE))
@@ -186,6 +200,87 @@ def _build_dense(
         "metric": "inner_product",
     }
     return manifest, {"format": DENSE_FORMAT_VERSION, "encoder": identity, "factory": factory}
+
+
+def _visible_gpus() -> list[str]:
+    """Every CUDA device, when there are more than one (one encoder each); else none (the encoder's own device)."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [f"cuda:{i}" for i in range(count)] if count > 1 else []
+
+
+class _ShardEncoder:
+    """Embeds shards and writes each to its ``.npy`` file, overlapping the work: on one device the encoder runs here
+    and a thread writes shard k while shard k + 1 is encoded; on several, one process per device encodes and
+    writes whole shards (at most two queued per process). Leaving the block waits for every shard, and raises the
+    first failure."""
+
+    def __init__(self, encoder: Encoder, devices: list[str], batch_size: int, bar: tqdm) -> None:
+        self.encoder, self.devices, self.batch_size, self.bar = encoder, devices, batch_size, bar
+        self._pool: Executor
+        self._pending: deque[Future[int]] = deque()
+
+    def __enter__(self) -> _ShardEncoder:
+        if len(self.devices) > 1:
+            import multiprocessing as mp
+
+            context = mp.get_context("spawn")  # CUDA cannot be used in a forked child
+            queue = context.Queue()
+            for device in self.devices:
+                queue.put(device)
+            self._pool = ProcessPoolExecutor(
+                len(self.devices), mp_context=context, initializer=_start_worker, initargs=(self.encoder.info(), queue)
+            )
+        else:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="shard-writer")
+        return self
+
+    def submit(self, shard: list[Passage], path: Path) -> None:
+        if len(self.devices) > 1:
+            while len(self._pending) >= 2 * len(self.devices):
+                self.bar.update(self._pending.popleft().result())
+            self._pending.append(self._pool.submit(_encode_shard, shard, path, self.batch_size))
+            return
+        embeddings = self.encoder.encode_passages(shard, self.batch_size, self.bar)
+        while self._pending:  # one write in flight: memory stays at two shards
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(_save_npy, path, embeddings))
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            while self._pending:
+                rows = self._pending.popleft().result()
+                if len(self.devices) > 1:
+                    self.bar.update(rows)
+        finally:
+            for future in self._pending:
+                future.cancel()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+_worker_encoder: Encoder | None = None
+
+
+def _start_worker(info: dict[str, str], devices: Any) -> None:
+    """A device process's encoder: the build's encoder, on the next free device."""
+    global _worker_encoder
+    from .dense import Encoder
+
+    device = devices.get()
+    _worker_encoder = Encoder(
+        info["path"],
+        query_prefix=info["query_prefix"],
+        passage_prefix=info["passage_prefix"],
+        dtype=info["dtype"],
+        device=device,
+    )
+
+
+def _encode_shard(shard: list[Passage], path: Path, batch_size: int) -> int:
+    assert _worker_encoder is not None
+    _save_npy(path, _worker_encoder.encode_passages(shard, batch_size))
+    return len(shard)
 
 
 def _faiss_index(shards: list[Path], count: int, factory: str, progress: bool) -> faiss.Index:
@@ -228,13 +323,14 @@ def _rows(path: Path) -> int:
         return -1
 
 
-def _save_npy(path: Path, embeddings: np.ndarray) -> None:
+def _save_npy(path: Path, embeddings: np.ndarray) -> int:
     partial = path.with_name(path.name + ".partial")
     with open(partial, "wb") as f:
         np.save(f, embeddings)
         f.flush()
         os.fsync(f.fileno())
     os.replace(partial, path)
+    return len(embeddings)
 
 
 def _batched(passages: Iterable[Passage], size: int) -> Iterator[list[Passage]]:
