@@ -42,6 +42,11 @@ WIKI18_PASSAGES = 21_015_324
 TAIL_SHARE = 1 / 7  # wiki-18 splits articles into 100-word chunks: an article's last one is shorter
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it (results carry no machine's paths)."""
+    return str(path.resolve().relative_to(REPO)) if path.resolve().is_relative_to(REPO) else str(path)
+
+
 def wiki_like_passages(n: int, seed: int = 0) -> list[Any]:
     """``n`` title + text passages of wiki-18's shape over the bundled corpus's vocabulary."""
     import re
@@ -231,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         summary: dict[str, Any] = {
-            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "config": {k: (_shown(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "device_name": device_name,
             "dtype": encoder.dtype,
             "word_pieces_per_passage": round(per_passage, 1),
