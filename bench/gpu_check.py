@@ -48,7 +48,7 @@ STEPS = ("imports", "dense_retriever", "faiss_gpus", "passage_embedding", "hf_ge
 STEP_TIMEOUT_S = 240
 WHEELS = [  # what a bare GPU image (torch, transformers, sentence-transformers, numpy) lacks; pinned as tested
     "bm25s", "PyStemmer", "faiss-cpu", "fastapi", "starlette", "pydantic", "pydantic_core", "uvicorn", "httptools",
-    "opentelemetry-api", "cachetools", "omegaconf", "antlr4-python3-runtime", "aiohttp", "aiohappyeyeballs",
+    "orjson", "opentelemetry-api", "cachetools", "omegaconf", "antlr4-python3-runtime", "aiohttp", "aiohappyeyeballs",
     "aiosignal", "frozenlist", "multidict", "propcache", "yarl", "annotated-doc", "typing-inspection",
 ]  # fmt: skip
 

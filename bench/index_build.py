@@ -16,7 +16,7 @@ Each encoding is timed ``--repeats`` times, alternating, after a warm-up; the me
 ``--out-dir`` (``index-build-<device>[-quick].json``).
 
     python bench/index_build.py --quick                          # CPU, MiniLM, 1,000 passages
-    python bench/index_build.py                                  # CPU, MiniLM, 4,000 passages: ~3 min on 2 cores
+    python bench/index_build.py                                  # CPU, MiniLM, 4,000 passages: ~8 min on 2 cores
     python bench/index_build.py --device cuda --encoder e5-base --passages 100000 --devices cuda:0,cuda:1
 """
 
@@ -40,11 +40,6 @@ for path in (REPO, REPO / "bench"):
 
 WIKI18_PASSAGES = 21_015_324
 TAIL_SHARE = 1 / 7  # wiki-18 splits articles into 100-word chunks: an article's last one is shorter
-
-
-def _shown(path: Path) -> str:
-    """``path`` relative to the repository when inside it (results carry no machine's paths)."""
-    return str(path.resolve().relative_to(REPO)) if path.resolve().is_relative_to(REPO) else str(path)
 
 
 def wiki_like_passages(n: int, seed: int = 0) -> list[Any]:
@@ -80,16 +75,10 @@ def encoder_path(name: str, folder: Path, passages: list[Any]) -> str:
     return str(random_encoder(folder, texts, e5_base=name == "e5-base", max_seq_length=512))
 
 
-def sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def time_encodings(encoder: Any, passages: list[Any], batch_size: int, repeats: int, device: str) -> dict[str, Any]:
     """Seconds of (plain) and (ours) over the same passages, alternating; also checks they give the same vectors."""
     import numpy as np
+    from gpu_check import sync
 
     texts = [encoder.passage_prefix + p.contents for p in passages]
 
@@ -216,6 +205,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     import torch
+    from retrieval import _shown  # bench/retrieval.py
 
     from research_plugin.retrieval.dense import Encoder
 

@@ -11,13 +11,17 @@ concurrency for
   (b)  backend      the backend's ``search`` called in-process in batches (the ceiling), in its own process;
   (c)  baseline     a FastAPI sync endpoint calling the backend once per request in the threadpool, own process;
 
-with an aiohttp load client (N coroutines, one Search-R1 ``/retrieve`` query per request, distinct queries) in the
-main process. Every cell is bounded in time and in request count. It prints a table and the target ratios, and
-writes JSON per backend (``--out-dir``/retrieval-<backend>[-<encoder dtype>][-quick].json) and, with matplotlib,
-a PNG next to it.
+with a light asyncio load client (N coroutines, each on its own keep-alive connection, one Search-R1 ``/retrieve``
+query per request, distinct queries) in the main process. ``--backend latency`` replaces the index by a backend of
+set latency (``--latency``: stages of a fixed plus a per-query time, slept), a GPU box's regime on any machine.
+Every cell is bounded in time and in request count. It prints a table and the target ratios, and writes JSON per
+backend (``--out-dir``/retrieval-<backend>[-<encoder dtype>][-quick].json; for the set-latency backend
+retrieval-latency.json, or retrieval-latency-<stages>.json for other ``--latency`` stages than the default) and,
+with matplotlib, a PNG next to it.
 
     python bench/retrieval.py --quick                    # smoke run: 20k passages, 3 s cells, both backends
     python bench/retrieval.py --backend bm25             # 100k passages, 10 s cells, ours-p1 and ours-p2 too
+    python bench/retrieval.py --backend latency          # the H200's dense backend, as a set latency
 """
 
 from __future__ import annotations
@@ -307,7 +311,8 @@ class RetrieveRequest(BaseModel):
 
 def _baseline_app(spec: dict[str, Any]) -> Any:
     """The common design: a sync FastAPI endpoint (so FastAPI runs it in its threadpool) that searches the backend
-    once per request. Same response shape and JSONResponse as ours, so only the request handling differs."""
+    once per request, answering through FastAPI's router with ``JSONResponse``. Same response shape as ours, which
+    dispatches past the router and renders with orjson: (c) differs in request handling and in serialisation."""
     retriever: Any = make_backend(spec)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -552,6 +557,15 @@ async def _load(
 
     async def worker() -> None:
         connection: _Connection | None = None
+
+        async def exchange(request: bytes) -> int:
+            """Connect if need be, post, and return the status: one request, bounded by one timeout."""
+            nonlocal connection
+            if connection is None or connection.closed:
+                _, connection = await loop.create_connection(_Connection, host, port)
+            status, _ = await connection.post(request)
+            return status
+
         try:
             while True:
                 if cell.issued >= max_requests or time.perf_counter() >= t_end:
@@ -561,10 +575,8 @@ async def _load(
                 start = time.perf_counter()
                 status: int | str
                 try:
-                    if connection is None or connection.closed:
-                        _, connection = await loop.create_connection(_Connection, host, port)
                     request = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
-                    status, _ = await asyncio.wait_for(connection.post(request), request_timeout_s)
+                    status = await asyncio.wait_for(exchange(request), request_timeout_s)
                 except Exception as e:  # noqa: BLE001 - every failure is an error of the cell
                     status = type(e).__name__
                     if connection is not None and connection.transport is not None:

@@ -443,7 +443,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dense = p.add_argument_group("dense index options")
     dense.add_argument("--device", help="query encoder device, e.g. cpu, cuda:0 (default: sentence-transformers')")
-    dense.add_argument("--encoder-dtype", help="query encoder precision: float32 (default), bfloat16 (CPU), float16")
+    dense.add_argument(
+        "--encoder-dtype",
+        help="query encoder precision: float32 (default), bfloat16 (CPU), float16, auto (float16 on a GPU, float32 "
+        "elsewhere)",
+    )
     dense.add_argument("--cpu-index", action="store_true", help="keep the faiss index on the CPU when GPUs exist")
     dense.add_argument("--shard", action="store_true", help="split the faiss index across GPUs instead of copying it")
     dense.add_argument("--gpu-fp16", action="store_true", help="store the index's vectors on GPUs in float16")

@@ -123,6 +123,21 @@ def test_two_searches_masks_exactly_the_results(tiny_model_dir, mini_corpus, mod
     assert out.batch["rm_scores"][0].sum().item() == pytest.approx(1.0)
 
 
+def test_mask_results_false_trains_on_the_result_blocks(tiny_model_dir, mini_corpus, model_and_tokenizer):
+    """Search-R1's ablation, the learning benchmark's negative control: the same trajectory, all in the loss."""
+    model, tok = model_and_tokenizer
+    question = [("Where was the founder of the Orvell Glassworks born?", "Keddle")]
+    masks = {}
+    for flag in ("true", "false"):
+        config = make_config(tiny_model_dir, bm25(mini_corpus), extra=[f"+search_agent.mask_results={flag}"])
+        out = run_agent_loop(config, HFServer(model, tok, script=two_hop_script), make_batch(question))
+        valid = out.batch["attention_mask"][0, -RESPONSE_LENGTH:].bool()
+        masks[flag] = (out.batch["responses"][0][valid].tolist(), out.batch["response_mask"][0][valid].tolist())
+    (ids, masked), (same_ids, unmasked) = masks["true"], masks["false"]
+    assert ids == same_ids and 0 in masked and set(unmasked) == {1}
+    assert "<result>" in tok.decode([t for t, k in zip(ids, masked) if k == 0])
+
+
 def test_a_truncated_trajectory_is_told_to_the_reward(tiny_model_dir, mini_corpus, model_and_tokenizer):
     """ReSearch scores a response that ran out of budget 0: the loop tells the reward, which has only the text."""
     model, tok = model_and_tokenizer
@@ -312,4 +327,6 @@ def test_bad_settings_are_clear_errors():
         SearchAgentConfig.merged({"dialect": "nope"})
     with pytest.raises(ValueError, match="out of range"):
         SearchAgentConfig.merged({"top_k": 0})
+    with pytest.raises(ValueError, match="mask_results must be true or false"):
+        SearchAgentConfig.merged({"mask_results": "no"})
     assert SearchAgentConfig.merged({"top_k": 3}, None, {"top_k": 4}).top_k == 4

@@ -175,3 +175,23 @@ def test_warmup_trajectories_are_well_formed_and_score_full_reward():
         text = "".join(t for t, _ in scripted_response(row, d, blocks))
         got = compute_score("demo", text, row["golden_answers"], {"dialect": "research"}, scheme="research")
         assert got["format"] == 1.0 and got["score"] == 1.0, text
+
+
+def test_warmup_result_blocks_are_the_ones_the_agent_loop_appends(tiny_model_dir):
+    """The warm-up trains on the contexts RL produces: passages cut at the recipe's max_result_tokens, as the loop
+    cuts them (before, whole passages: a policy that broke its format after every cut block)."""
+    import asyncio
+
+    from transformers import AutoTokenizer
+
+    from research_plugin.core.dialects import get_dialect
+    from research_plugin.core.search_step import SearchAgentConfig, SearchStep
+    from research_plugin.demo.warmup import _result_blocks
+
+    tok, d = AutoTokenizer.from_pretrained(tiny_model_dir), get_dialect("research")
+    queries = ["Who founded the Orvell Glassworks?", "In which city was Jasper Orvell born?"]
+    blocks = _result_blocks(tok, d, queries, top_k=2, max_result_tokens=48)
+    step = SearchStep(SearchAgentConfig(retriever="demo", top_k=2, max_result_tokens=48), tok)
+    loop = [asyncio.run(step.result_block(f"<search> {q} </search>")) for q in queries]
+    assert blocks == loop
+    assert all(b.rstrip().endswith("...\n</result>") and "Doc 1 (Title:" in b for b in blocks)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import time
 import types
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import faiss
 import numpy as np
 import pytest
 
-from research_plugin.retrieval import Passage, build_retriever
+from research_plugin.retrieval import Passage, SearchResult, build_retriever
 from research_plugin.retrieval.dense import (
     BGE_QUERY_INSTRUCTION,
     BLAS_THRESHOLD,
@@ -204,15 +205,48 @@ def test_gpu_code_path_with_a_stand_in_faiss_gpu(
         sharded.append(co.shard)
         if clone_fails:
             raise RuntimeError("not implemented for this type of index")
-        return index
+        return faiss.clone_index(index)  # a new index object, as faiss's GPU copy is
 
     monkeypatch.setattr(faiss, "get_num_gpus", lambda: 2)
     monkeypatch.setattr(faiss, "GpuMultipleClonerOptions", types.SimpleNamespace, raising=False)
     monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", index_cpu_to_all_gpus)
     retriever = DenseRetriever(build("Flat"), encoder=minilm, shard=True)
-    DenseRetriever(build("Flat"), encoder=minilm, gpu=False)
+    on_cpu = DenseRetriever(build("Flat"), encoder=minilm, gpu=False)
     assert sharded == [True]
+    assert retriever._index_on_gpus is not clone_fails and on_cpu._index_on_gpus is False
     assert search(retriever, ["Which antibiotic came from a fungus?"], 1) == [["p27"]]
+
+
+def test_one_device_never_encodes_and_scans_at_once(build, minilm: Encoder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With encoder and index on the CPU, concurrent searches (agent loops sharing one retriever) take both stages
+    one batch at a time: a torch encoding and a faiss scan never compete for the cores."""
+    retriever = DenseRetriever(build("Flat"), encoder=minilm)
+    assert retriever.parallel_batches == 1
+    queries = [q for q, _ in QUERIES[:6]]
+    expected = search(retriever, queries, 1)
+    busy, most = [0], [0]
+
+    def stage(run):
+        def timed(*args, **kwargs):
+            busy[0] += 1
+            most[0] = max(most[0], busy[0])
+            time.sleep(0.02)  # long enough for another thread to come in, were it let
+            try:
+                return run(*args, **kwargs)
+            finally:
+                busy[0] -= 1
+
+        return timed
+
+    monkeypatch.setattr(minilm, "encode_queries", stage(minilm.encode_queries))
+    retriever.index = types.SimpleNamespace(search=stage(retriever.index.search))
+
+    async def go() -> list[list[SearchResult]]:
+        return await asyncio.gather(*(retriever.search([q], 1) for q in queries))
+
+    found = asyncio.run(go())
+    assert most[0] == 1
+    assert [[p.id for p in r.passages] for (r,) in found] == expected
 
 
 def test_spec_loads_the_encoder_named_in_the_manifest(build) -> None:

@@ -106,3 +106,18 @@ def test_logprobs_follow_the_logprobs_mode(tiny_model_dir, mode):
     scale = 0.5 if mode == "processed_logprobs" else 1.0  # processed: the tempered distribution sampled from
     want = torch.log_softmax(logits / scale, -1).gather(-1, torch.tensor(out.token_ids)[:, None])[:, 0]
     assert out.log_probs == pytest.approx(want.tolist(), abs=1e-4)
+
+
+def test_rollout_server_samples_with_the_rollout_seed(tiny_model_dir):
+    """``actor_rollout_ref.rollout.seed`` seeds the hf backend's sampling, as it seeds verl's vLLM server."""
+    from omegaconf import OmegaConf
+
+    from research_plugin.verl.hf_rollout import HFRolloutServer
+
+    def sample(seed: int) -> list[int]:
+        config = OmegaConf.create({"seed": seed, "max_num_seqs": 4, "logprobs_mode": None})
+        srv = HFRolloutServer(config, OmegaConf.create({"path": str(tiny_model_dir)}))
+        prompt = srv.engine.tokenizer.encode("Where is Keddle?")
+        return list(gen(srv.engine, prompt, temperature=1.0, max_tokens=24).token_ids)
+
+    assert sample(7) == sample(7) != sample(8)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -16,7 +21,7 @@ import pytest
 
 from research_plugin.cli import main
 from research_plugin.data import demo_corpus_path
-from research_plugin.retrieval import BM25Retriever, Retriever, build_retriever
+from research_plugin.retrieval import BM25Retriever, Retriever, build_retriever, index_builder, iter_corpus
 from research_plugin.retrieval.dense import DenseRetriever, Encoder
 from research_plugin.retrieval.index_builder import build_index
 
@@ -154,10 +159,26 @@ def test_shards_of_other_settings_are_not_reused(
     assert calls == [["m0", "m1", "m2"], ["m3", "m4", "m5"]]
 
 
-def test_data_parallel_build_equals_one_device(mini_corpus: Path, tmp_path: Path, minilm: Encoder) -> None:
+def test_data_parallel_build_equals_one_device(
+    mini_corpus: Path, tmp_path: Path, minilm: Encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two device processes (here both on the CPU, as two GPUs would be) encode and write alternate shards; the
     index is the one a single device builds."""
     one = build_index(mini_corpus, tmp_path / "one", backend="dense", encoder=minilm, shard_size=2, progress=False)
+    pools: list[tuple[int, list[str]]] = []
+
+    class SpyPool(index_builder.ProcessPoolExecutor):
+        def __init__(self, workers: int, **kwargs: Any) -> None:
+            super().__init__(workers, **kwargs)
+            self.jobs: list[str] = []
+            pools.append((workers, self.jobs))
+
+        def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+            self.jobs.append(fn.__name__)
+            return super().submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(index_builder, "ProcessPoolExecutor", SpyPool)
+    calls = counting_encoder(monkeypatch, minilm)
     two = build_index(
         mini_corpus,
         tmp_path / "two",
@@ -167,10 +188,45 @@ def test_data_parallel_build_equals_one_device(mini_corpus: Path, tmp_path: Path
         devices=["cpu", "cpu"],
         progress=False,
     )
+    # the shards were encoded in a pool of two processes, never by this process's encoder
+    assert pools == [(2, ["_encode_shard"] * 3)] and calls == []
     assert two["index_id"] == one["index_id"] and two["passages"] == one["passages"] == 6
     vectors = [faiss.read_index(str(tmp_path / d / "index.faiss")).reconstruct_n(0, 6) for d in ("one", "two")]
     np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-6)
     assert (tmp_path / "one" / "passages.jsonl").read_bytes() == (tmp_path / "two" / "passages.jsonl").read_bytes()
+
+
+def test_an_error_mid_build_cancels_the_queued_shards(
+    mini_corpus: Path, tmp_path: Path, minilm: Encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The corpus fails after four one-passage shards are queued on two devices: the two being encoded finish, the
+    two queued are never started, and the corpus's own error comes out."""
+    started: list[str] = []
+
+    def encode_shard(shard: list, path: Path, batch_size: int) -> int:
+        started.append(path.name)
+        time.sleep(0.5)
+        return len(shard)
+
+    def failing_corpus(path: Path) -> Iterator[Any]:
+        yield from itertools.islice(iter_corpus(path), 4)
+        raise Interrupted("corpus read failed")
+
+    def thread_pool(workers: int, *, mp_context: Any, initializer: Any, initargs: Any) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(workers, initializer=initializer, initargs=initargs)
+
+    # device "processes" as threads of this process, so that the stand-ins below apply to them
+    monkeypatch.setattr(index_builder, "ProcessPoolExecutor", thread_pool)
+    monkeypatch.setattr(index_builder, "_start_worker", lambda info, devices: devices.get())
+    monkeypatch.setattr(index_builder, "_encode_shard", encode_shard)
+    monkeypatch.setattr(index_builder, "iter_corpus", failing_corpus)
+    with pytest.raises(Interrupted, match="corpus read failed"):
+        build_index(
+            mini_corpus, tmp_path / "index", backend="dense", encoder=minilm, devices=["a", "b"], shard_size=1,
+            progress=False,
+        )  # fmt: skip
+    assert sorted(started) == ["shard-00000.npy", "shard-00001.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.work"]
 
 
 def test_a_folder_that_is_not_an_index_is_never_replaced(mini_corpus: Path, tmp_path: Path) -> None:

@@ -72,6 +72,8 @@ def test_settings_from_a_file_or_the_environment(tmp_path):
         AgentSettings.from_mapping({"reward": {"scheme": "nope"}})
     with pytest.raises(ValueError, match="unknown agent settings"):
         AgentSettings.from_mapping({"retriever": "demo"})
+    with pytest.raises(ValueError, match="mask_results=false is verl-only"):
+        AgentSettings.from_mapping({"search_agent": {"mask_results": False}})
 
 
 def test_prepared_rows_are_what_openrlhfs_dataset_reads(tmp_path, tiny_model_dir):

@@ -229,3 +229,16 @@ def test_the_vllm_cpu_rollout_engine_applies_to_the_cpu_recipe():
     assert config.ray_kwargs.ray_init.runtime_env.env_vars.VLLM_CPU_KVCACHE_SPACE == "1"
     assert config.trainer == base.trainer and config.search_agent == base.search_agent
     assert config.reward == base.reward and config.actor_rollout_ref.actor == base.actor_rollout_ref.actor
+
+
+def test_the_cpu_recipe_runs_the_steps_asked_for():
+    """``trainer.total_training_steps=60`` trains 60 steps: the epoch count does not stop the run at the end of the
+    first pass over the bundled questions (15 steps), as ``total_epochs: 1`` did."""
+    import pandas as pd
+
+    from research_plugin.demo.assets import demo_data
+
+    config = compose("tiny_cpu_grpo", ["trainer.total_training_steps=60"])
+    rows = len(pd.read_parquet(demo_data("train")))
+    steps_per_epoch = rows // config.data.train_batch_size
+    assert steps_per_epoch < 60 <= config.trainer.total_epochs * steps_per_epoch

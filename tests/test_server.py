@@ -269,10 +269,12 @@ def test_a_backend_that_searches_two_batches_at_once_gets_half_the_clients_in_ea
     from research_plugin.retrieval.batching import Batcher
 
     backend = Wrapped(bm25, delay=0.2)
+    backend.parallel_batches = 2  # the batcher's max_in_flight follows it
     words = [w for q in QUERIES for w in q.split()]
 
     async def go() -> None:
-        batcher = Batcher(backend, index_id="t", cache_size=0, max_in_flight=2)
+        batcher = Batcher(backend, index_id="t", cache_size=0)
+        assert batcher.max_in_flight == 2
         batcher.start()
 
         async def client(i: int) -> None:
@@ -291,6 +293,33 @@ def test_a_backend_that_searches_two_batches_at_once_gets_half_the_clients_in_ea
     # once the batcher has seen them all, every batch holds about half (a late client may change sides; the last
     # batch is those still asking); without the wait: [..., 13, 2, 1, 2, 13, 2, 1, 2, 13, ...]
     assert sum(sizes) == 16 * 10 and min(sizes[-10:-1]) >= 6, str(sizes)
+
+
+def test_the_wait_is_capped_and_measured_on_answered_batches_only(bm25: BM25Retriever) -> None:
+    """Over a backend that takes 1 s a batch, a quarter of its service time would hold each batch for 90 ms after
+    two batches (and more later); the wait stops at ``max_window_s`` (50 ms). A batch that fails, here at once,
+    leaves the measured service time as it was."""
+    from research_plugin.retrieval.batching import BackendError, Batcher
+
+    backend = Wrapped(bm25, delay=1.0, fail_calls=(3,))
+
+    async def go() -> tuple[Batcher, float, float]:
+        batcher = Batcher(backend, index_id="t", cache_size=0)
+        batcher.start()
+        try:
+            for q in QUERIES[:2]:
+                await batcher.search([q], 1)
+            measured = batcher._service_s
+            with pytest.raises(BackendError):
+                await batcher.search([QUERIES[2]], 1)
+            return batcher, measured, batcher._service_s
+        finally:
+            await batcher.stop()
+
+    batcher, measured, after_failure = asyncio.run(go())
+    assert 0.25 * measured > batcher.max_window_s == 0.05
+    assert batcher.window_s() == batcher.max_window_s
+    assert after_failure == measured
 
 
 def test_cache_hits_skip_the_backend(bm25: BM25Retriever) -> None:

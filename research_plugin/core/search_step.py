@@ -42,6 +42,9 @@ class SearchAgentConfig:
     """A retriever spec: ``"demo"``, an ``http(s)://.../retrieve`` URL, or a mapping (``research_plugin.retrieval``)."""
     prompt_format: str = "auto"
     """``chat`` (apply the chat template), ``raw`` (concatenate message texts, for base-model templates) or ``auto``."""
+    mask_results: bool = True
+    """Result tokens get ``response_mask`` 0 (no loss, KL or entropy). ``False`` trains on them as if the policy had
+    written them: Search-R1's ablation of retrieved-token masking, and a negative control (verl only)."""
 
     @classmethod
     def merged(cls, *sources: Mapping | None) -> SearchAgentConfig:
@@ -61,6 +64,8 @@ class SearchAgentConfig:
         get_dialect(cfg.dialect)  # validates
         if cfg.top_k <= 0 or cfg.max_searches < 0 or cfg.max_result_tokens <= 0 or cfg.max_query_chars <= 0:
             raise ValueError(f"search_agent settings out of range: {cfg}")
+        if not isinstance(cfg.mask_results, bool):
+            raise ValueError(f"mask_results must be true or false, not {cfg.mask_results!r}")
         if cfg.prompt_format not in ("auto", "chat", "raw"):
             raise ValueError(f"prompt_format must be auto, chat or raw, not {cfg.prompt_format!r}")
         return cfg

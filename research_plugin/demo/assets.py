@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..data import demo_corpus_path, demo_questions_path
 
-VERSION = "5"  # bump when the tiny model, the warm-up or the row format changes
+VERSION = "6"  # bump when the tiny model, the warm-up or the row format changes
 
 
 def cache_dir() -> Path:

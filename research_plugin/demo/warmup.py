@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..core.dialects import Dialect, format_passages, get_dialect, result_block
+from ..core.dialects import Dialect, get_dialect
 from ..core.prompts import chat_messages
 from ..data import demo_questions_path
 
@@ -45,14 +45,24 @@ def training_rows() -> list[dict]:
     return [r for r in rows if len(r["metadata"].get("decomposition", [])) == 2]
 
 
-def _examples(tokenizer, dialect: Dialect, top_k: int) -> list[tuple[list[int], list[int]]]:
-    """Token ids and labels (-100 where not trained) of one scripted trajectory per :func:`training_rows` row."""
-    from ..retrieval import get_retriever
+def _result_blocks(tokenizer, dialect: Dialect, queries: list[str], top_k: int, max_result_tokens: int) -> list[str]:
+    """The result block the agent loop appends after each query: same retriever, passages, cut and wrapping."""
+    from ..core.search_step import SearchAgentConfig, SearchStep
 
+    cfg = SearchAgentConfig(dialect=dialect.name, retriever="demo", top_k=top_k, max_result_tokens=max_result_tokens)
+
+    async def blocks() -> list[str]:
+        segments = [f"{dialect.query_open} {q} {dialect.query_close}" for q in queries]
+        return [await SearchStep(cfg, tokenizer).result_block(segment) for segment in segments]
+
+    return asyncio.run(blocks())
+
+
+def _examples(tokenizer, dialect: Dialect, top_k: int, max_result_tokens: int) -> list[tuple[list[int], list[int]]]:
+    """Token ids and labels (-100 where not trained) of one scripted trajectory per :func:`training_rows` row."""
     rows = training_rows()
     queries = [step.split(" -> ")[0] for r in rows for step in r["metadata"]["decomposition"]]
-    results = asyncio.run(get_retriever("demo").search(queries, top_k))
-    blocks = iter(result_block(format_passages(res.passages), dialect) for res in results)
+    blocks = iter(_result_blocks(tokenizer, dialect, queries, top_k, max_result_tokens))
     examples = []
     for row in rows:
         text = tokenizer.apply_chat_template(
@@ -76,6 +86,7 @@ def warm_up(
     *,
     dialect: str = "research",
     top_k: int = 2,
+    max_result_tokens: int = 192,
     epochs: int = 20,
     lr: float = 1e-2,
     batch_size: int = 8,
@@ -92,7 +103,7 @@ def warm_up(
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
-    examples = _examples(tokenizer, get_dialect(dialect), top_k)
+    examples = _examples(tokenizer, get_dialect(dialect), top_k, max_result_tokens)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     order = list(range(len(examples)))
     model.train()

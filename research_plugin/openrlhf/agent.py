@@ -63,7 +63,10 @@ class AgentSettings:
         if unknown:
             raise ValueError(f"unknown agent settings {sorted(unknown)}; known: search_agent, reward, opens_think")
         settings = cls(dict(data.get("search_agent") or {}), dict(data.get("reward") or {}), data.get("opens_think"))
-        SearchAgentConfig.merged(settings.search_agent)  # fail at start-up, not in the first episode
+        if not SearchAgentConfig.merged(settings.search_agent).mask_results:  # fails at start-up, not in an episode
+            raise ValueError(
+                "mask_results=false is verl-only: OpenRLHF masks the agent's feedback itself (outside action ranges)"
+            )
         compute_score("check", "", [], **settings.reward)
         return settings
 

@@ -3,8 +3,8 @@
 Every query of every request becomes one pending item keyed by its normalised text and ``top_k``. A single
 batcher task takes what is pending (up to ``max_batch``) as soon as the backend is free, so queries that arrive
 during a search form the next batch. The backend counts as free while fewer than ``max_in_flight`` batches are
-being searched (1 for an in-process index; more for one that searches several batches at once: a pool of search
-processes, or a backend whose stages run on different devices, ``Retriever.parallel_batches``). The backend is
+being searched (by default the retriever's ``parallel_batches``: 1 for an in-process index, more for one whose
+stages run on different devices; the server sets one per process of a pool of search processes). The backend is
 called once for the distinct queries of a batch at the batch's largest ``top_k``, and each item's answer is cut to
 its own ``top_k``. Identical queries are searched once: a cached answer is returned at once, and a query already
 queued or being searched is joined rather than queued again.
@@ -15,9 +15,12 @@ next batch has started. So the batcher tracks the demand: when a batch starts or
 plus those waiting are the clients active; a batch waits for the last second's largest demand divided over the
 batches in flight (all of it for a backend that searches one batch at a time, half of it for two), flushing on
 size or on time. The wait is adapted to the backend: a quarter of its measured service time (a client comes back
-within an HTTP round trip; a slow backend makes a bigger batch worth more), at least ``batch_window_s`` (0: never
-wait). An idle server (a demand of one query) never waits. ``bench/retrieval.py`` measures the service against the
-backend alone, on real indexes and on a backend of set latency (a GPU box's regime).
+within an HTTP round trip; a slow backend makes a bigger batch worth more), at most ``max_window_s`` (however slow
+the backend, the clients come back within a round trip, so a longer wait only adds latency) and at least
+``batch_window_s`` (0: never wait). The service time is a moving average over the batches the backend answered
+without an error (a failure is no measure of it), starting from zero rather than from the first, cold, batch. An
+idle server (a demand of one query) never waits. ``bench/retrieval.py`` measures the service against the backend
+alone, on real indexes and on a backend of set latency (a GPU box's regime).
 """
 
 from __future__ import annotations
@@ -83,20 +86,32 @@ class Batcher:
         retriever: Retriever,
         *,
         index_id: str,
-        max_batch: int = 64,
+        max_batch: int = 256,
         batch_window_s: float = 0.003,
+        max_window_s: float = 0.05,
         max_queue: int = 1024,
         cache_size: int = 100_000,
-        max_in_flight: int = 1,
+        max_in_flight: int | None = None,
     ) -> None:
-        if max_batch < 1 or max_queue < 1 or batch_window_s < 0 or cache_size < 0 or max_in_flight < 1:
+        if max_in_flight is None:
+            max_in_flight = retriever.parallel_batches
+        if (
+            max_batch < 1
+            or max_queue < 1
+            or batch_window_s < 0
+            or max_window_s < 0
+            or cache_size < 0
+            or max_in_flight < 1
+        ):
             raise ValueError(
-                "need max_batch >= 1, max_queue >= 1, batch_window_s >= 0, cache_size >= 0 and max_in_flight >= 1"
+                "need max_batch >= 1, max_queue >= 1, batch_window_s >= 0, max_window_s >= 0, cache_size >= 0 "
+                "and max_in_flight >= 1"
             )
         self.retriever = retriever
         self.index_id = index_id
         self.max_batch = max_batch
         self.batch_window_s = batch_window_s
+        self.max_window_s = max_window_s
         self.max_queue = max_queue
         self.stats = BatchStats()
         self._cache: LRUCache[_Key, tuple[Passage, ...]] | None = LRUCache(cache_size) if cache_size else None
@@ -109,7 +124,7 @@ class Batcher:
         self._searching = 0  # queries in the batches being searched
         # (time, demand) of the last second's batch ends that no later one matched: the first is the largest
         self._recent: deque[tuple[float, int]] = deque()
-        self._service_s = 0.0  # moving average of a batch's search time
+        self._service_s = 0.0  # moving average of a successful batch's search time
         self._want = 1  # queries worth waiting for before a batch
         self._task: asyncio.Task[None] | None = None
         self._searches: set[asyncio.Task[None]] = set()
@@ -197,8 +212,9 @@ class Batcher:
             search.add_done_callback(self._searches.discard)
 
     def window_s(self) -> float:
-        """How long a batch waits for the demand: a quarter of the measured service time, at least the window."""
-        return max(self.batch_window_s, 0.25 * self._service_s)
+        """How long a batch waits for the demand: a quarter of the measured service time, at most
+        ``max_window_s``, at least ``batch_window_s``."""
+        return max(self.batch_window_s, min(self.max_window_s, 0.25 * self._service_s))
 
     def _note_demand(self, demand: int) -> None:
         while self._recent and self._recent[-1][1] <= demand:
@@ -213,12 +229,9 @@ class Batcher:
         return min(self.max_batch, self._recent[0][1] if self._recent else 1)
 
     async def _search_batch(self, batch: list[_Item]) -> None:
-        start = time.monotonic()
         try:
             await self._search_and_answer(batch)
         finally:
-            elapsed = time.monotonic() - start
-            self._service_s = elapsed if not self._service_s else 0.8 * self._service_s + 0.2 * elapsed
             # the clients active now: this batch's, which will ask again, those of the other batches in flight,
             # and those already waiting
             self._note_demand(self._searching + len(self._pending))
@@ -229,6 +242,7 @@ class Batcher:
         queries = list(dict.fromkeys(item.key.query for item in batch))
         self.stats.batches += 1
         self.stats.sizes[len(queries)] += 1
+        start = time.monotonic()
         try:
             results = await self.retriever.search(queries, max(item.key.top_k for item in batch))
         except Exception as e:  # a backend bug fails this batch only; the batcher lives on
@@ -237,6 +251,8 @@ class Batcher:
             for item in batch:
                 self._finish(item, BackendError(f"retrieval backend failed ({type(e).__name__})"))
             return
+        if not any(result.error for result in results):
+            self._service_s = 0.8 * self._service_s + 0.2 * (time.monotonic() - start)
         by_query = dict(zip(queries, results))
         for item in batch:
             result = by_query[item.key.query]

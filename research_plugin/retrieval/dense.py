@@ -257,8 +257,10 @@ class DenseRetriever(Retriever):
             faiss.ParameterSpace().set_index_parameter(index, "nprobe", nprobe)
         if factory.startswith("HNSW"):
             faiss.ParameterSpace().set_index_parameter(index, "efSearch", ef_search)
+        cpu_index = index
         if gpu and faiss.get_num_gpus() > 0:
             index = _to_gpus(index, shard=shard, fp16=gpu_fp16)
+        self._index_on_gpus = index is not cpu_index
         if blas_threshold is not None:
             faiss.cvar.distance_compute_blas_threshold = blas_threshold
         self.index = index
@@ -267,7 +269,7 @@ class DenseRetriever(Retriever):
         # the query encoder on a GPU and the index on the CPU are two devices: a batch can be encoded while the
         # previous one is scanned, so a server keeps two in flight
         on_gpu = str(self.encoder.model.device).startswith("cuda")
-        self.parallel_batches = 2 if on_gpu and not _on_gpus(index) else 1
+        self.parallel_batches = 2 if on_gpu and not self._index_on_gpus else 1
 
     def describe(self) -> str:
         return (
@@ -276,11 +278,21 @@ class DenseRetriever(Retriever):
         )
 
     async def _search(self, queries: list[str], top_k: int) -> list[SearchResult]:
+        if self.parallel_batches == 1:
+            return await asyncio.to_thread(self._search_sync, queries, top_k)
+        # encoder and index on two devices, each stage behind its own lock: one batch is encoded while another is
+        # scanned
         embeddings = await asyncio.to_thread(self._encode, queries)
         return await asyncio.to_thread(self._scan, embeddings, top_k)
 
     def _search_sync(self, queries: list[str], top_k: int) -> list[SearchResult]:
-        return self._scan(self._encode(queries), top_k)
+        if self.parallel_batches > 1:
+            return self._scan(self._encode(queries), top_k)
+        # encoder and index on one device: one lock over both stages, so concurrent callers never run an encoding
+        # and a scan at once on the same cores
+        with self._lock:
+            scores, ids = self.index.search(self.encoder.encode_queries(queries), min(top_k, len(self.passages)))
+        return self._results(scores, ids)
 
     def _encode(self, queries: list[str]) -> np.ndarray:
         with self._encode_lock:
@@ -289,19 +301,13 @@ class DenseRetriever(Retriever):
     def _scan(self, embeddings: np.ndarray, top_k: int) -> list[SearchResult]:
         with self._lock:
             scores, ids = self.index.search(embeddings, min(top_k, len(self.passages)))
+        return self._results(scores, ids)
+
+    def _results(self, scores: np.ndarray, ids: np.ndarray) -> list[SearchResult]:
         return [
             SearchResult([replace(self.passages[j], score=s) for j, s in zip(row_ids, row_scores) if j >= 0])
             for row_ids, row_scores in zip(ids.tolist(), scores.tolist())
         ]
-
-
-def _on_gpus(index: faiss.Index) -> bool:
-    """Whether faiss placed ``index`` on GPUs (then it shares the device with an encoder there)."""
-    return (
-        "Gpu" in type(index).__name__
-        or "IndexShards" in type(index).__name__
-        or "IndexReplicas" in type(index).__name__
-    )
 
 
 def _to_gpus(index: faiss.Index, *, shard: bool, fp16: bool = False) -> faiss.Index:

@@ -213,24 +213,29 @@ def _visible_gpus() -> list[str]:
 class _ShardEncoder:
     """Embeds shards and writes each to its ``.npy`` file, overlapping the work: on one device the encoder runs here
     and a thread writes shard k while shard k + 1 is encoded; on several, one process per device encodes and
-    writes whole shards (at most two queued per process). Leaving the block waits for every shard, and raises the
-    first failure."""
+    writes whole shards (at most two queued per process). Leaving the block waits for every shard and raises the
+    first failure; on a failure, or when the block raised, the shards not yet started are cancelled (only those
+    being encoded or written finish) and the error goes through."""
 
     def __init__(self, encoder: Encoder, devices: list[str], batch_size: int, bar: tqdm) -> None:
         self.encoder, self.devices, self.batch_size, self.bar = encoder, devices, batch_size, bar
         self._pool: Executor
         self._pending: deque[Future[int]] = deque()
+        self._devices_queue: Any = None  # the device processes take their devices from it
 
     def __enter__(self) -> _ShardEncoder:
         if len(self.devices) > 1:
             import multiprocessing as mp
 
             context = mp.get_context("spawn")  # CUDA cannot be used in a forked child
-            queue = context.Queue()
+            self._devices_queue = context.Queue()
             for device in self.devices:
-                queue.put(device)
+                self._devices_queue.put(device)
             self._pool = ProcessPoolExecutor(
-                len(self.devices), mp_context=context, initializer=_start_worker, initargs=(self.encoder.info(), queue)
+                len(self.devices),
+                mp_context=context,
+                initializer=_start_worker,
+                initargs=(self.encoder.info(), self._devices_queue),
             )
         else:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="shard-writer")
@@ -247,16 +252,17 @@ class _ShardEncoder:
             self._pending.popleft().result()
         self._pending.append(self._pool.submit(_save_npy, path, embeddings))
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, error: type[BaseException] | None, *_: object) -> None:
         try:
-            while self._pending:
+            while self._pending and error is None:
                 rows = self._pending.popleft().result()
                 if len(self.devices) > 1:
                     self.bar.update(rows)
         finally:
-            for future in self._pending:
-                future.cancel()
             self._pool.shutdown(wait=True, cancel_futures=True)
+            if self._devices_queue is not None:
+                self._devices_queue.close()
+                self._devices_queue.join_thread()
 
 
 _worker_encoder: Encoder | None = None

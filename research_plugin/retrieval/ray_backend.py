@@ -44,8 +44,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_NAMESPACE = "research_plugin"
-_ACTOR_BATCHING: dict[str, Any] = {"max_batch": 64, "max_queue": 1 << 16}
-"""Batcher settings of the actor; its queue is deep because, unlike HTTP clients, callers do not retry."""
+_ACTOR_BATCHING: dict[str, Any] = {"max_queue": 1 << 16}
+"""Batcher settings of the actor beyond the server's defaults: its queue is deep because, unlike HTTP clients,
+callers do not retry."""
 
 
 def actor_name(spec: RetrieverSpec) -> str:

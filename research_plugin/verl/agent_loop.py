@@ -153,7 +153,7 @@ class SearchAgentLoop(AgentLoopBase):
                 break
             result_ids = self._encode(await step.result_block(segment))
             result_ids = result_ids[: self.response_length - len(traj.response_ids)]
-            traj.append(result_ids, 0, None)
+            traj.append(result_ids, 0 if cfg.mask_results else 1, None)
             step.appended(len(result_ids))
 
         traj.extra_fields.update(

@@ -58,7 +58,7 @@ class HFRolloutServer:
         self.engine = HFGenerationServer(
             model,
             tokenizer,
-            seed=seed + replica_rank,
+            seed=config.get("seed", seed) + replica_rank,  # rollout.seed, as verl's vLLM server takes it
             max_batch_size=config.max_num_seqs,
             logprobs_mode=config.logprobs_mode or "processed_logprobs",
         )
