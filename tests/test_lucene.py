@@ -334,10 +334,15 @@ def test_cli_reports_bad_lucene_folders(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_the_jvm_leaves_ctrl_c_to_python(pyserini_ready: None) -> None:
-    # the JVM (started by the fixture) would otherwise end the whole process here, exit status 130
-    with pytest.raises(KeyboardInterrupt):
-        signal.raise_signal(signal.SIGINT)
-        time.sleep(5)
+    # the JVM (started by the fixture) would otherwise end the whole process here, exit status 130. Python's own
+    # handler is put in place for the test: another test of the session may have left a handler of its own there
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+            time.sleep(5)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_openai_placeholder_only_during_the_import(pyserini_ready: None, monkeypatch: pytest.MonkeyPatch) -> None:
