@@ -205,6 +205,15 @@ def test_concurrent_requests_share_batches(bm25: BM25Retriever) -> None:
     assert metrics["latency_ms"]["window"] == 32 and metrics["latency_ms"]["p99"] >= metrics["latency_ms"]["p50"] > 0
 
 
+async def _clients_of(batcher, client, n: int) -> None:
+    """Run ``client(batcher, i)`` for ``n`` clients at once against a started ``batcher``, then stop it."""
+    batcher.start()
+    try:
+        await asyncio.wait_for(asyncio.gather(*(client(batcher, i) for i in range(n))), 30)
+    finally:
+        await batcher.stop()
+
+
 def test_batch_window_waits_only_for_the_load_just_seen(bm25: BM25Retriever) -> None:
     """Flush on size or on time: with recent batches of 8, queries trickling in are held (up to the window) until 8
     wait; an idle batcher (no batch in the last second) searches a lone query at once, whatever the window."""
@@ -242,21 +251,12 @@ def test_clients_that_ask_again_are_not_split_into_cohorts(bm25: BM25Retriever) 
     backend = Wrapped(bm25, delay=0.1)
     words = [w for q in QUERIES for w in q.split()]
 
-    async def go() -> None:
-        batcher = Batcher(backend, index_id="t", cache_size=0)
-        batcher.start()
+    async def client(batcher, i: int) -> None:
+        await asyncio.sleep(0.05 * (i % 2))  # half of them arrive while the first batch is searched
+        for r in range(6):
+            await batcher.search([f"{words[(i * 7 + r) % len(words)]} {i} {r}"], 1)
 
-        async def client(i: int) -> None:
-            await asyncio.sleep(0.05 * (i % 2))  # half of them arrive while the first batch is searched
-            for r in range(6):
-                await batcher.search([f"{words[(i * 7 + r) % len(words)]} {i} {r}"], 1)
-
-        try:
-            await asyncio.wait_for(asyncio.gather(*(client(i) for i in range(24))), 30)
-        finally:
-            await batcher.stop()
-
-    asyncio.run(go())
+    asyncio.run(_clients_of(Batcher(backend, index_id="t", cache_size=0), client, 24))
     sizes = [len(call) for call in backend.calls]
     # the half that came first is searched alone; from then on every batch holds all 24 clients
     assert sizes[0] == 12 and set(sizes[1:-1]) == {24} and sum(sizes) == 24 * 6, sizes
@@ -272,23 +272,15 @@ def test_a_backend_that_searches_two_batches_at_once_gets_half_the_clients_in_ea
     backend.parallel_batches = 2  # the batcher's max_in_flight follows it
     words = [w for q in QUERIES for w in q.split()]
 
-    async def go() -> None:
-        batcher = Batcher(backend, index_id="t", cache_size=0)
-        assert batcher.max_in_flight == 2
-        batcher.start()
+    async def client(batcher, i: int) -> None:
+        await asyncio.sleep(0.1 * (i // 8))  # half of them arrive while the first batch is searched
+        for r in range(10):
+            await asyncio.sleep(0.002 * (i % 8))  # an HTTP round trip: the clients of a batch come back spread
+            await batcher.search([f"{words[(i * 7 + r) % len(words)]} {i} {r}"], 1)
 
-        async def client(i: int) -> None:
-            await asyncio.sleep(0.1 * (i // 8))  # half of them arrive while the first batch is searched
-            for r in range(10):
-                await asyncio.sleep(0.002 * (i % 8))  # an HTTP round trip: the clients of a batch come back spread
-                await batcher.search([f"{words[(i * 7 + r) % len(words)]} {i} {r}"], 1)
-
-        try:
-            await asyncio.wait_for(asyncio.gather(*(client(i) for i in range(16))), 30)
-        finally:
-            await batcher.stop()
-
-    asyncio.run(go())
+    batcher = Batcher(backend, index_id="t", cache_size=0)
+    assert batcher.max_in_flight == 2
+    asyncio.run(_clients_of(batcher, client, 16))
     sizes = [len(call) for call in backend.calls]
     # once the batcher has seen them all, every batch holds about half (a late client may change sides; the last
     # batch is those still asking); without the wait: [..., 13, 2, 1, 2, 13, 2, 1, 2, 13, ...]
