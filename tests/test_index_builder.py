@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -202,14 +203,18 @@ def test_an_error_mid_build_cancels_the_queued_shards(
     """The corpus fails after four one-passage shards are queued on two devices: the two being encoded finish, the
     two queued are never started, and the corpus's own error comes out."""
     started: list[str] = []
+    both_started = threading.Event()
 
     def encode_shard(shard: list, path: Path, batch_size: int) -> int:
         started.append(path.name)
-        time.sleep(0.5)
+        if len(started) == 2:
+            both_started.set()
+        time.sleep(1.0)
         return len(shard)
 
     def failing_corpus(path: Path) -> Iterator[Any]:
         yield from itertools.islice(iter_corpus(path), 4)
+        both_started.wait(timeout=30)  # a pool thread may start a moment after its shard was queued
         raise Interrupted("corpus read failed")
 
     def thread_pool(workers: int, *, mp_context: Any, initializer: Any, initargs: Any) -> ThreadPoolExecutor:
