@@ -2,7 +2,7 @@
 """Does the embedded default learn? Validation answer F1 over training, for several seeds and two negative controls.
 
 Runs the main job (``tiny_cpu_grpo`` through verl's launcher, warm cache) once per seed and variant, validating on
-the held-out bundled questions every ``--test-freq`` steps:
+the fact world's held-out questions every ``--test-freq`` steps:
 
 - ``default``: the recipe as it ships;
 - ``sign_flipped``: the reward negated (``bench/negated_reward.py``), so GRPO's advantage changes sign;
@@ -111,7 +111,7 @@ def plot(runs: list[dict], path: Path) -> None:
         ax.set_xlabel("training step")
         ax.set_title(f"validation {var}")
     axes[0].legend(fontsize=7)
-    fig.suptitle("tiny_cpu_grpo on the held-out bundled questions")
+    fig.suptitle("tiny_cpu_grpo: validation on the fact world's held-out questions")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

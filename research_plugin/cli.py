@@ -136,6 +136,7 @@ def cmd_demo(args) -> int:
             response_length=args.response_length,
             temperature=args.temperature,
             seed=args.seed,
+            questions=args.questions,
         )
     except ValueError as e:
         print(f"demo: {e}", file=sys.stderr)
@@ -405,6 +406,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="search-agent rollouts + rewards through verl's agent loop, on CPU")
     p.add_argument("-n", type=int, default=4, help="number of bundled questions")
+    p.add_argument(
+        "--questions",
+        choices=("facts", "two_hop"),
+        default="facts",
+        help="the fact world's held-out questions (the main job's task) or the bundled two-hop ones",
+    )
     p.add_argument(
         "--model",
         help="a local HF model folder or a training run's checkpoint folder (default: the embedded default's policy)",

@@ -66,7 +66,12 @@ def test_demo_job_runs_through_verl(tmp_path, tiny_model_dir):
     # the default policy (the warmed-up tiny model) is what the main-job test trains; here any HF model will do
     out = cli("demo", "-n", "2", "--response-length", "48", "--model", str(tiny_model_dir))
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.count("=== [demo-q") == 2
+    # by default the fact world's held-out questions (the main job's task), searched in its corpus
+    assert out.stdout.count("=== [fact-q") == 2 and "=== [fact-q0004]" in out.stdout
+    two_hop = cli(
+        "demo", "-n", "1", "--questions", "two_hop", "--response-length", "48", "--model", str(tiny_model_dir)
+    )
+    assert two_hop.returncode == 0 and two_hop.stdout.count("=== [demo-q") == 1, two_hop.stderr[-3000:]
     summary = json.loads(re.search(r"\n(\{\n.*\})\s*$", out.stdout, re.S).group(1))
     assert summary["questions"] == 2
     assert 0 < summary["response_tokens_mean"] <= 48

@@ -139,6 +139,10 @@ def test_the_run_ends_with_a_summary_metrics_plots_and_a_model_eval_and_demo_loa
     for line in ("validation", "reward", "answer F1", "searches / question", "checkpoint:", "plots:", "next:"):
         assert line in log, line
     assert "target_num_threads" not in log  # TransferQueue's per-transfer warning
+    # the eval command it suggests names the run's retriever: the fact world's corpus (a bm25 spec)
+    from research_plugin.demo.assets import fact_world
+
+    assert f"--retriever {fact_world('corpus')} " in log
     # validated before training (step 0) and after the last step, both in the metrics file the plots read
     lines = [json.loads(line) for line in (run["ckpt"] / "metrics.jsonl").read_text().splitlines()]
     val_steps = [r["step"] for r in lines if any(k.startswith("val-core/") for k in r["data"])]

@@ -157,41 +157,82 @@ def test_recipe_data_resolver_splits_the_bundled_questions(tmp_path, monkeypatch
     assert not set(train["extra_info"].map(lambda e: e["id"])) & set(val["extra_info"].map(lambda e: e["id"]))
     assert set(train["agent_name"]) == {"search_agent"}
 
-    # the format warm-up of the demo policy scripts training questions only: validation stays held out
-    from research_plugin.demo.warmup import training_rows
 
-    warmed = {row["id"] for row in training_rows()}
-    assert warmed and warmed <= set(train["extra_info"].map(lambda e: e["id"]))
+def test_fact_world_splits_and_holds_out_every_fifth_question(tmp_path, monkeypatch):
+    """The main job's task: one passage per fact, every 5th question held out, and the warm-up's practice facts
+    never name anything of the bundled world (so nothing about a validation question is learned before RL)."""
+    import pandas as pd
+    from omegaconf import OmegaConf
+
+    import research_plugin.verl.plugin  # noqa: F401  (registers the resolvers, as `import verl` does)
+    from research_plugin.demo.fact_world import BUNDLED_FACTS, PracticeWorld, bundled_names, bundled_world
+
+    monkeypatch.setenv("RESEARCH_PLUGIN_CACHE", str(tmp_path))
+    parts = ("train", "val", "corpus")
+    cfg = OmegaConf.create({p: f"${{research_plugin.fact_world:{p}}}" for p in parts})
+    train, val = pd.read_parquet(cfg.train), pd.read_parquet(cfg.val)
+    corpus = _read_jsonl(cfg.corpus)
+    assert (len(train), len(val), len(corpus)) == (BUNDLED_FACTS * 4 // 5, BUNDLED_FACTS // 5, BUNDLED_FACTS)
+    questions = [f.question for f in bundled_world()]
+    assert list(val["extra_info"].map(lambda e: e["question"])) == questions[4::5]
+    assert not set(train["extra_info"].map(lambda e: e["id"])) & set(val["extra_info"].map(lambda e: e["id"]))
+    assert set(train["agent_name"]) == {"search_agent"} and len(set(questions)) == BUNDLED_FACTS
+    world = PracticeWorld(seed=1)
+    practiced = {n for _ in range(2000) for f in world.example()[1] for n in (f.subject, f.object)}
+    assert practiced and not practiced & bundled_names()
 
 
-def test_warmup_trajectories_are_well_formed_and_score_full_reward():
-    from research_plugin.core.dialects import get_dialect, result_block
+def _decode_example(tokenizer, ids, labels):
+    first = next(i for i, y in enumerate(labels) if y != -100)
+    return tokenizer.decode(ids[first:], skip_special_tokens=True)
+
+
+def test_warmup_trajectories_are_well_formed_and_score_full_reward(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from research_plugin.core.dialects import get_dialect
     from research_plugin.core.rewards import compute_score
-    from research_plugin.demo.warmup import scripted_response
+    from research_plugin.demo.fact_world import PracticeWorld
+    from research_plugin.demo.warmup import practice_example
 
-    d = get_dialect("research")
-    for row in [json.loads(line) for line in demo_questions_path().open()][:10]:
-        blocks = [result_block("Doc 1 (Title: T) some text", d)] * 2
-        text = "".join(t for t, _ in scripted_response(row, d, blocks))
-        got = compute_score("demo", text, row["golden_answers"], {"dialect": "research"}, scheme="research")
+    tok, d, world = AutoTokenizer.from_pretrained(tiny_model_dir), get_dialect("research"), PracticeWorld(seed=2)
+    for system_prompt in (False, True) * 5:
+        ids, labels = practice_example(tok, world, d, system_prompt)
+        text = _decode_example(tok, ids, labels)
+        answer = text.split("\\boxed{")[1].split("}")[0]
+        got = compute_score("fact_world", text, [answer], {"dialect": "research"}, scheme="research")
         assert got["format"] == 1.0 and got["score"] == 1.0, text
+        assert ("You are a helpful assistant" in tok.decode(ids)) == system_prompt
+        # the result block is masked, the policy's own text trained
+        trained = tok.decode([y for y in labels if y != -100])
+        assert "<result>" not in trained and "Doc 1" not in trained and "<search>" in trained
 
 
-def test_warmup_result_blocks_are_the_ones_the_agent_loop_appends(tiny_model_dir):
-    """The warm-up trains on the contexts RL produces: passages cut at the recipe's max_result_tokens, as the loop
-    cuts them (before, whole passages: a policy that broke its format after every cut block)."""
+def test_warmup_result_blocks_are_the_ones_the_agent_loop_appends(tiny_model_dir, tmp_path, monkeypatch):
+    """The warm-up trains on the contexts RL produces: a search with the question finds the fact's passage first
+    (every bundled question), and the block the loop appends is the warm-up's block for those two passages."""
     import asyncio
 
     from transformers import AutoTokenizer
 
-    from research_plugin.core.dialects import get_dialect
+    from research_plugin.core.dialects import format_passages, get_dialect, result_block
     from research_plugin.core.search_step import SearchAgentConfig, SearchStep
-    from research_plugin.demo.warmup import _result_blocks
+    from research_plugin.demo.assets import fact_world
+    from research_plugin.demo.fact_world import bundled_world
+    from research_plugin.demo.warmup import passages
 
-    tok, d = AutoTokenizer.from_pretrained(tiny_model_dir), get_dialect("research")
-    queries = ["Who founded the Orvell Glassworks?", "In which city was Jasper Orvell born?"]
-    blocks = _result_blocks(tok, d, queries, top_k=2, max_result_tokens=48)
-    step = SearchStep(SearchAgentConfig(retriever="demo", top_k=2, max_result_tokens=48), tok)
-    loop = [asyncio.run(step.result_block(f"<search> {q} </search>")) for q in queries]
-    assert blocks == loop
-    assert all(b.rstrip().endswith("...\n</result>") and "Doc 1 (Title:" in b for b in blocks)
+    monkeypatch.setenv("RESEARCH_PLUGIN_CACHE", str(tmp_path))
+    tok, d, facts = AutoTokenizer.from_pretrained(tiny_model_dir), get_dialect("research"), bundled_world()
+    spec = {"type": "bm25", "corpus": fact_world("corpus")}
+    cfg = SearchAgentConfig(retriever=spec, top_k=2, max_result_tokens=192, max_searches=len(facts))
+    step = SearchStep(cfg, tok)
+    by_sentence = {f.sentence: f for f in facts}
+
+    async def blocks() -> list[str]:
+        return [await step.result_block(f"<search> {f.question} </search>") for f in facts]
+
+    for fact, block in zip(facts, asyncio.run(blocks())):
+        lines = block.strip().splitlines()[1:-1]
+        hits = [by_sentence[line.split(") ", 1)[1]] for line in lines]
+        assert hits[0] == fact and len(hits) == 2, block
+        assert block == result_block(format_passages(passages(hits)), d)

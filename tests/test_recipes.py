@@ -232,13 +232,13 @@ def test_the_vllm_cpu_rollout_engine_applies_to_the_cpu_recipe():
 
 
 def test_the_cpu_recipe_runs_the_steps_asked_for():
-    """``trainer.total_training_steps=60`` trains 60 steps: the epoch count does not stop the run at the end of the
-    first pass over the bundled questions (15 steps), as ``total_epochs: 1`` did."""
+    """``trainer.total_training_steps=100`` trains 100 steps: the epoch count does not stop the run at the end of
+    the first pass over the training questions (40 steps), as ``total_epochs: 1`` did."""
     import pandas as pd
 
-    from research_plugin.demo.assets import demo_data
+    from research_plugin.demo.assets import fact_world
 
-    config = compose("tiny_cpu_grpo", ["trainer.total_training_steps=60"])
-    rows = len(pd.read_parquet(demo_data("train")))
+    config = compose("tiny_cpu_grpo", ["trainer.total_training_steps=100"])
+    rows = len(pd.read_parquet(fact_world("train")))
     steps_per_epoch = rows // config.data.train_batch_size
-    assert steps_per_epoch < 60 <= config.trainer.total_epochs * steps_per_epoch
+    assert steps_per_epoch < 100 <= config.trainer.total_epochs * steps_per_epoch

@@ -1,14 +1,17 @@
 """Bundled assets a recipe can name without a preparation step, as OmegaConf resolvers.
 
-- ``${research_plugin.demo_model:}``: the tiny Qwen2 policy with its local tokenizer, format-warmed-up
-  (:mod:`research_plugin.demo.warmup`); built once, then cached.
+- ``${research_plugin.demo_model:}``: the tiny Qwen2 policy (hidden 128, 2 layers) with its local tokenizer,
+  warmed up on practice facts (:mod:`research_plugin.demo.warmup`); built once (~13 min on 2 cores), then cached.
+- ``${research_plugin.fact_world:train}`` / ``:val`` / ``:corpus``: the generated fact world's questions as verl
+  parquet (every 5th held out for validation) and its corpus (:mod:`research_plugin.demo.fact_world`): the main
+  job's task.
 - ``${research_plugin.demo_data:train}`` / ``${research_plugin.demo_data:val}``: the bundled two-hop questions
   as verl parquet (``research-plugin prepare``'s row format); every 5th question is held out for validation.
 
 Built on first use under the cache dir (``RESEARCH_PLUGIN_CACHE``, default ``~/.cache/research_plugin``), keyed
-by a hash of the bundled data, behind a file lock so concurrent processes build once; writes are atomic.
-The resolvers are registered at plugin import, so verl's launcher resolves them in whichever process first
-reads the config.
+by a hash of the bundled data and of the code that generates the world, the tokenizer and the warm-up, behind a
+file lock so concurrent processes build once; writes are atomic. The resolvers are registered at plugin import,
+so verl's launcher resolves them in whichever process first reads the config.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 
 from ..data import demo_corpus_path, demo_questions_path
 
-VERSION = "6"  # bump when the tiny model, the warm-up or the row format changes
+VERSION = "7"  # bump when the tiny model, the warm-up or the row format changes
 
 
 def cache_dir() -> Path:
@@ -31,7 +34,9 @@ def cache_dir() -> Path:
 
 def _fingerprint() -> str:
     h = hashlib.sha256(VERSION.encode())
-    for path in (demo_questions_path(), demo_corpus_path()):
+    here = Path(__file__).parent  # the code that makes the world, the tokenizer and the policy: a change rebuilds
+    code = [here / name for name in ("fact_world.py", "tiny_model.py", "warmup.py")]
+    for path in (demo_questions_path(), demo_corpus_path(), *code):
         h.update(path.read_bytes())
     return h.hexdigest()[:10]
 
@@ -54,8 +59,14 @@ def demo_model() -> str:
 
     out = cache_dir() / f"tiny-qwen2-search-{_fingerprint()}"
     if not (out / "config.json").exists():
+        print(
+            f"research_plugin: building the embedded default's policy in {out} (once, then cached): a tiny Qwen2 "
+            "warmed up on practice facts, ~13 min on 2 cores",
+            flush=True,
+        )
         with _locked("demo_model"):
-            warm_up(build_tiny_model(cache_dir() / f"tiny-qwen2-{_fingerprint()}"), out)
+            base = build_tiny_model(cache_dir() / f"tiny-qwen2-h128-{_fingerprint()}", hidden_size=128, num_layers=2)
+            warm_up(base, out)
     return str(out)
 
 
@@ -88,8 +99,47 @@ def demo_data(split: str = "train") -> str:
     return str(out)
 
 
+def fact_world(part: str = "train") -> str:
+    """Path of the generated fact world's ``train`` / ``val`` questions (verl parquet; every 5th held out) or its
+    ``corpus`` (wiki-18 jsonl, for a bm25 retriever spec)."""
+    from ..prepare.formats import parse
+    from ..prepare.rows import build_row, write_parquet
+    from .fact_world import bundled_world, corpus_rows, question_rows
+
+    if part not in ("train", "val", "corpus"):
+        raise ValueError(f"fact_world part must be 'train', 'val' or 'corpus', not {part!r}")
+    folder = cache_dir() / f"fact-world-{_fingerprint()}"
+    out = folder / ("corpus.jsonl" if part == "corpus" else f"{part}.parquet")
+    if out.exists():
+        return str(out)
+    with _locked("fact_world"):
+        facts = bundled_world()
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / "corpus.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in corpus_rows(facts)), encoding="utf-8")
+        os.replace(tmp, folder / "corpus.jsonl")
+        examples = [parse(row, "flashrag") for row in question_rows(facts)]
+        for split in ("train", "val"):
+            chosen = [ex for i, ex in enumerate(examples) if is_validation(i) == (split == "val")]
+            rows = [
+                build_row(
+                    ex,
+                    data_source="fact_world",
+                    index=i,
+                    split=split,
+                    dialect="research",
+                    scheme="research",
+                    template="instruct",
+                )  # fmt: skip
+                for i, ex in enumerate(chosen)
+            ]
+            write_parquet(rows, folder / f"{split}.parquet")
+    return str(out)
+
+
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver("research_plugin.demo_model", demo_model, replace=True)
     OmegaConf.register_new_resolver("research_plugin.demo_data", demo_data, replace=True)
+    OmegaConf.register_new_resolver("research_plugin.fact_world", fact_world, replace=True)

@@ -1,7 +1,8 @@
 """``research-plugin demo``: search-agent rollouts through verl's own AgentLoopWorker and reward loop on CPU.
 
-Questions come from the bundled two-hop set, retrieval is in-process BM25 over the bundled corpus, the policy
-is a local HF model (by default the bundled tiny Qwen2, format-warmed-up: it shows the plumbing, not skill).
+Questions are the fact world's held-out ones with BM25 over its corpus (the main job's task), or the bundled
+two-hop set over the bundled corpus (``questions="two_hop"``: beyond the tiny policy, it shows the plumbing); the
+policy is a local HF model, by default the embedded default's warmed-up tiny Qwen2.
 Every trajectory is printed with its retrieved blocks marked as masked, followed by the reward parts.
 The training job is ``research_plugin/recipes/tiny_cpu_grpo.yaml`` under verl's launcher.
 """
@@ -17,10 +18,25 @@ import numpy as np
 from ..data import demo_questions_path
 from ..verl.local_rollout import make_batch, run_agent_loop, trainer_config
 
+QUESTIONS = ("facts", "two_hop")
+
 
 def load_questions(n: int, path: Path | None = None) -> list[dict]:
     rows = [json.loads(line) for line in (path or demo_questions_path()).open(encoding="utf-8") if line.strip()]
     return rows[:n]
+
+
+def _questions(which: str, n: int) -> tuple[list[dict], list[str]]:
+    """The first ``n`` questions of a set, and the overrides that point the agent loop at their corpus."""
+    if which == "two_hop":
+        return load_questions(n), ["+search_agent.retriever=demo"]
+    if which != "facts":
+        raise ValueError(f"questions must be one of {', '.join(QUESTIONS)}, not {which!r}")
+    from .assets import fact_world, is_validation
+    from .fact_world import bundled_world, question_rows
+
+    rows = [r for i, r in enumerate(question_rows(bundled_world())) if is_validation(i)]
+    return rows[:n], ["+search_agent.retriever.type=bm25", f"+search_agent.retriever.corpus={fact_world('corpus')}"]
 
 
 def run_demo(
@@ -31,6 +47,7 @@ def run_demo(
     response_length: int = 256,
     temperature: float = 1.0,
     seed: int = 0,
+    questions: str = "facts",
 ) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -39,12 +56,12 @@ def run_demo(
     from .assets import demo_model
 
     model_dir = resolve_model_dir(model) if model else Path(demo_model())
-    rows = load_questions(n)
+    rows, retriever = _questions(questions, n)
     config = trainer_config(
         model_dir,
         response_length=response_length,
         scheme=scheme,
-        overrides=["+search_agent.retriever=demo", f"actor_rollout_ref.rollout.temperature={temperature}"],
+        overrides=[*retriever, f"actor_rollout_ref.rollout.temperature={temperature}"],
     )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     server = HFGenerationServer(AutoModelForCausalLM.from_pretrained(model_dir), tokenizer, seed=seed)

@@ -1,9 +1,10 @@
 """A tiny Qwen2 policy with a tokenizer trained locally: nothing is downloaded.
 
 Used by the tests and the CPU demo. The tokenizer is a byte-level BPE trained on the bundled corpus, the
-prompts and every dialect's tags (tags are ordinary text, as in real models, so a decode with
-``skip_special_tokens=True`` keeps them); it carries a ChatML chat template. The model is randomly
-initialised from a small config and saved with ``save_pretrained``, so verl loads it like any HF model.
+generated fact world (:mod:`research_plugin.demo.fact_world`), the prompts and every dialect's tags (tags are
+ordinary text, as in real models, so a decode with ``skip_special_tokens=True`` keeps them); it carries a ChatML
+chat template. The model is randomly initialised from a small config and saved with ``save_pretrained``, so verl
+loads it like any HF model.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from ..core.dialects import DIALECTS
 from ..core.prompts import base_prompt, system_prompt
 from ..data import demo_corpus_path, demo_questions_path
+from .fact_world import PracticeWorld, bundled_world
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -34,6 +36,11 @@ def _training_text() -> list[str]:
         texts += [" ".join(tags)] * 50 + [system_prompt(d), base_prompt("Who founded it?", d)] * 5
         texts += [f"{d.think_open} reasoning {d.think_close} {d.query_open} query {d.query_close}"] * 50
     texts += ["\\boxed{answer} Doc 1 (Title: X) text"] * 50
+    # the generated fact world and practice facts over its kind of invented names (demo.fact_world)
+    world = bundled_world()
+    texts += [f"{f.question} {f.sentence}" for f in world]
+    practice = PracticeWorld(seed=-1)
+    texts += [f"{f.question} {f.sentence}" for f in (practice.fact() for _ in range(4000))]
     return texts
 
 

@@ -1,83 +1,65 @@
-"""Format warm-up: a short supervised pass that teaches a tiny random policy the search dialect.
+"""Warm-up: a supervised pass that teaches a tiny random policy the search dialect and to read its results.
 
-A randomly initialised policy never writes a well-formed answer, so every reward is 0, every GRPO advantage is
-0 and RL has nothing to learn from. The papers start from pretrained models that already follow the format;
-for the CPU demo the tiny policy gets the same starting point from scripted trajectories over the bundled
-questions: think, search the first sub-question, read the real BM25 results, search the second, answer in
-``\\boxed{}``. The loss covers the policy's own text only (result blocks are masked, as in RL). A few epochs
-give a policy that usually keeps the format and often misses the answer: the reward varies within a group.
+A randomly initialised policy never writes a well-formed answer, so every reward is 0, every GRPO advantage is 0
+and RL has nothing to learn from. The papers start from pretrained models that already follow the format and can
+copy a fact out of a passage; the tiny CPU policy gets that starting point here, on practice facts
+(:class:`~research_plugin.demo.fact_world.PracticeWorld`: fresh invented names every example, none of the bundled
+world's): think, search the question, read the two passages the search returns, answer with the object of the
+matching one in ``\\boxed{}``. Every example pairs names anew, so answers cannot be memorised, only copied; the loss
+covers the policy's own text only (result blocks are masked, as in RL). The system prompt comes in gradually
+(short sequences train faster; the last steps see the prompts RL uses). After ~2,400 steps (~14 minutes on two
+cores, once: the result is cached) the policy copies the right answer for some of the held-out questions: the rest
+is left for RL.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import random
 import shutil
 import tempfile
 from pathlib import Path
 
-from ..core.dialects import Dialect, get_dialect
+from ..core.dialects import Dialect, format_passages, get_dialect, result_block
 from ..core.prompts import chat_messages
-from ..data import demo_questions_path
+from ..retrieval.base import Passage
+from .fact_world import Fact, PracticeWorld
 
 
-def scripted_response(row: dict, dialect: Dialect, results: list[str]) -> list[tuple[str, bool]]:
-    """``(text, trained)`` segments of a two-search trajectory; ``results[i]`` is the result block of search i."""
+def passages(facts: list[Fact]) -> list[Passage]:
+    """The facts as the retriever returns them from the world's corpus (title: the subject)."""
+    return [Passage(f"practice-{i}", f.subject, f.sentence) for i, f in enumerate(facts)]
+
+
+def scripted_response(question: str, answer: str, dialect: Dialect, results: str) -> list[tuple[str, bool]]:
+    """``(text, trained)`` segments of a one-search trajectory; ``results`` is the search's result block."""
     d = dialect
-    segments: list[tuple[str, bool]] = [(f"{d.think_open} Let me search step by step. {d.think_close}", True)]
-    for i, step in enumerate(row["metadata"]["decomposition"]):
-        query = step.split(" -> ")[0]
-        segments += [(f"{d.query_open} {query} {d.query_close}", True), (results[i], False)]
-    answer = row["golden_answers"][0]
     final = f"\\boxed{{{answer}}}" if d.boxed else answer
-    segments.append((f"{d.answer_open} {final} {d.answer_close}", True))
-    return segments
+    return [
+        (f"{d.think_open} Let me search for it. {d.think_close}", True),
+        (f"{d.query_open} {question} {d.query_close}", True),
+        (results, False),
+        (f"{d.answer_open} The final answer is {final} {d.answer_close}", True),
+    ]
 
 
-def training_rows() -> list[dict]:
-    """The bundled two-hop questions the warm-up scripts: training ones only, never the held-out validation ones."""
-    from .assets import is_validation
-
-    lines = [line for line in demo_questions_path().open(encoding="utf-8") if line.strip()]
-    rows = [json.loads(line) for i, line in enumerate(lines) if not is_validation(i)]
-    return [r for r in rows if len(r["metadata"].get("decomposition", [])) == 2]
-
-
-def _result_blocks(tokenizer, dialect: Dialect, queries: list[str], top_k: int, max_result_tokens: int) -> list[str]:
-    """The result block the agent loop appends after each query: same retriever, passages, cut and wrapping."""
-    from ..core.search_step import SearchAgentConfig, SearchStep
-
-    cfg = SearchAgentConfig(dialect=dialect.name, retriever="demo", top_k=top_k, max_result_tokens=max_result_tokens)
-
-    async def blocks() -> list[str]:
-        segments = [f"{dialect.query_open} {q} {dialect.query_close}" for q in queries]
-        return [await SearchStep(cfg, tokenizer).result_block(segment) for segment in segments]
-
-    return asyncio.run(blocks())
-
-
-def _examples(tokenizer, dialect: Dialect, top_k: int, max_result_tokens: int) -> list[tuple[list[int], list[int]]]:
-    """Token ids and labels (-100 where not trained) of one scripted trajectory per :func:`training_rows` row."""
-    rows = training_rows()
-    queries = [step.split(" -> ")[0] for r in rows for step in r["metadata"]["decomposition"]]
-    blocks = iter(_result_blocks(tokenizer, dialect, queries, top_k, max_result_tokens))
-    examples = []
-    for row in rows:
-        text = tokenizer.apply_chat_template(
-            chat_messages(row["question"], dialect), add_generation_prompt=True, tokenize=False
-        )
-        prompt = tokenizer.encode(text, add_special_tokens=False)
-        ids, labels = list(prompt), [-100] * len(prompt)
-        for text, trained in scripted_response(row, dialect, [next(blocks), next(blocks)]):
-            piece = tokenizer.encode(text, add_special_tokens=False)
-            ids += piece
-            labels += piece if trained else [-100] * len(piece)
-        ids.append(tokenizer.eos_token_id)
-        labels.append(tokenizer.eos_token_id)
-        examples.append((ids, labels))
-    return examples
+def practice_example(tokenizer, world: PracticeWorld, dialect: Dialect, system_prompt: bool) -> tuple[list, list]:
+    """Token ids and labels (-100 where not trained) of one practice trajectory."""
+    fact, hits = world.example()
+    messages = chat_messages(fact.question, dialect)
+    if not system_prompt:
+        messages = messages[1:]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    labels = [-100] * len(ids)
+    block = result_block(format_passages(passages(hits)), dialect)
+    for piece_text, trained in scripted_response(fact.question, fact.object, dialect, block):
+        piece = tokenizer.encode(piece_text, add_special_tokens=False)
+        ids += piece
+        labels += piece if trained else [-100] * len(piece)
+    ids.append(tokenizer.eos_token_id)
+    labels.append(tokenizer.eos_token_id)
+    return ids, labels
 
 
 def warm_up(
@@ -85,14 +67,13 @@ def warm_up(
     out_dir: str | os.PathLike,
     *,
     dialect: str = "research",
-    top_k: int = 2,
-    max_result_tokens: int = 192,
-    epochs: int = 20,
-    lr: float = 1e-2,
-    batch_size: int = 8,
+    steps: int = 2400,
+    prompt_steps: int = 400,
+    lr: float = 3e-3,
+    batch_size: int = 32,
     seed: int = 0,
 ) -> Path:
-    """Fine-tune the model in ``model_dir`` on scripted trajectories; write it (atomically) to ``out_dir``."""
+    """Train the model in ``model_dir`` on practice trajectories; write it (atomically) to ``out_dir``."""
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -101,28 +82,33 @@ def warm_up(
     if (out / "config.json").exists():
         return out
     torch.manual_seed(seed)
+    rng = random.Random(seed)
+    world = PracticeWorld(seed + 1)
+    d = get_dialect(dialect)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
-    examples = _examples(tokenizer, get_dialect(dialect), top_k, max_result_tokens)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    order = list(range(len(examples)))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 100))
     model.train()
-    steps = tqdm(total=epochs * -(-len(order) // batch_size), desc="format warm-up", unit="step")
-    for _ in range(epochs):
-        random.Random(seed + _).shuffle(order)
-        for start in range(0, len(order), batch_size):
-            batch = [examples[i] for i in order[start : start + batch_size]]
-            width = max(len(ids) for ids, _ in batch)
-            ids = torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x, _ in batch])
-            labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in batch])
-            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in batch])
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            steps.update()
-            steps.set_postfix(loss=f"{loss.item():.3f}")
-    steps.close()
+    bar = tqdm(range(steps), desc="warm-up on practice facts", unit="step")
+    for step in bar:
+        # share of examples with the system prompt: none for the first steps (short sequences train faster),
+        # then rising to all over the last `prompt_steps`
+        share = max(0.0, 1.0 - (steps - step) / prompt_steps)
+        batch = [practice_example(tokenizer, world, d, rng.random() < share) for _ in range(batch_size)]
+        width = max(len(ids) for ids, _ in batch)
+        ids = torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x, _ in batch])
+        labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in batch])
+        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in batch])
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     model.save_pretrained(tmp)

@@ -102,13 +102,22 @@ class RunReportMixin:
             logger.warning("no plots: %s: %s", type(e).__name__, e)
         val = self.config.data.get("val_files")
         val = [val] if isinstance(val, str) else list(val or [])
-        retriever = self.config.get("search_agent", {}).get("retriever")
         print(
             summary(
                 trainer.experiment_name, self._report_steps, self._report_validations, seconds, out, plots,
-                val_files=val, retriever=retriever if isinstance(retriever, str) else None,
+                val_files=val, retriever=_retriever_arg(self.config.get("search_agent", {}).get("retriever")),
             )
         )  # fmt: skip
+
+
+def _retriever_arg(spec) -> str | None:
+    """The ``--retriever`` value of ``eval`` for the run's retriever spec: the string itself, a bm25 spec's corpus
+    file; None when the command line cannot name it (an index needing more options)."""
+    if isinstance(spec, str):
+        return spec
+    if spec is not None and spec.get("type") == "bm25" and isinstance(spec.get("corpus"), str):
+        return spec["corpus"]
+    return None
 
 
 def _numbers(metrics: Mapping) -> dict[str, float]:
