@@ -38,8 +38,12 @@ def mapped_segments(pid: int | str, prefixes: Iterable[str] = PREFIXES) -> set[s
         maps = Path(f"/proc/{pid}/maps").read_text()
     except (OSError, ValueError):
         return set()
-    names = set()
+    names: set[str] = set()
+    if f"{SHM}/" not in maps:  # most processes map nothing there: skip their (long) maps without splitting them
+        return names
     for line in maps.splitlines():
+        if f"{SHM}/" not in line:
+            continue
         path = line.split(maxsplit=5)[-1]
         if path.startswith(f"{SHM}/"):
             name = path[len(str(SHM)) + 1 :].removesuffix(" (deleted)")
@@ -84,19 +88,19 @@ def reap(
     *,
     seen: Iterable[str] = (),
     descendants: bool = False,
-    interval: float = 0.5,
+    interval: float = 2.0,
     prefixes: Iterable[str] = PREFIXES,
 ) -> list[str]:
     """Follow ``pids`` (and their descendants) until all have exited, then unlink the segments they mapped (or
     ``seen`` says they did) and nobody maps now."""
     prefixes = tuple(prefixes)
     seen = {name for name in seen if name.startswith(prefixes)}
-    pids = list(pids)
+    known, alive = set(pids), list(pids)
     while True:
-        alive = [pid for pid in pids if _alive(pid)]
+        alive = [pid for pid in alive if _alive(pid)]  # the exited ones are never looked at again
         if descendants:
-            new = set().union(*(_children(pid) for pid in alive)) - set(pids) - {os.getpid()}
-            pids += sorted(new)
+            new = set().union(*(_children(pid) for pid in alive)) - known - {os.getpid()}
+            known |= new
             alive += sorted(new)
         for pid in alive:
             seen |= mapped_segments(pid, prefixes) | named_after(pid)
@@ -144,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("pids", nargs="+", type=int)
     parser.add_argument("--seen", nargs="*", default=[], help="segments they are known to have mapped")
     parser.add_argument("--descendants", action="store_true", help="follow the processes they start too")
-    parser.add_argument("--interval", type=float, default=0.5)
+    parser.add_argument("--interval", type=float, default=2.0)
     parser.add_argument("--detach", action="store_true", help="fork, print the reaper's pid, and return at once")
     args = parser.parse_args(argv)
     if args.detach:

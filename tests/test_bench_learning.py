@@ -1,5 +1,5 @@
-"""``bench/learning.py``'s parts that decide its verdict, and its negative control's reward: cheap, so they run in
-every suite (the benchmark itself trains for minutes per run; its dry run is in the closing notes, not here)."""
+"""``bench/learning.py``'s parts that decide its verdict, and its negative control's reward (the benchmark itself
+trains for minutes per run; ``test_learning.py`` runs it, shortened, on the default)."""
 
 from __future__ import annotations
 
