@@ -65,14 +65,20 @@ def run_job(variant: str, seed: int, steps: int, test_freq: int, extra: list[str
             raise RuntimeError(f"{variant} seed {seed}: main_ppo failed:\n{p.stdout[-4000:]}")
         lines = [json.loads(x) for x in Path(tmp, "run", "metrics.jsonl").read_text().splitlines() if x.strip()]
     curves: dict[str, list[list[float]]] = {var: [] for var in REPORTED}
+    tokens = {"retrieved": 0.0, "masked": 0.0}  # over the training steps: what the rollout inserted, what got mask 0
     for line in lines:
+        for kind in tokens:
+            tokens[kind] += float(line["data"].get(f"search/{kind}_tokens/sum", 0.0))
         means = validation_means(line["data"])
         for var in REPORTED:
             if var in means:
                 curves[var].append([line["step"], round(means[var], 4)])
     if not curves["f1"] or curves["f1"][0][0] != 0:
         raise RuntimeError(f"{variant} seed {seed}: no step-0 validation in metrics.jsonl")
-    return {"variant": variant, "seed": seed, "wall_s": round(wall, 1), "validation": curves}
+    return {
+        "variant": variant, "seed": seed, "wall_s": round(wall, 1), "validation": curves,
+        "retrieved_tokens": int(tokens["retrieved"]), "masked_tokens": int(tokens["masked"]),
+    }  # fmt: skip
 
 
 def verdict(runs: list[dict]) -> dict:

@@ -53,7 +53,7 @@ def _locked(name: str):
 
 
 def demo_model() -> str:
-    """Path of the format-warmed-up tiny policy (built on first use)."""
+    """Path of the warmed-up tiny policy (built on first use)."""
     from .tiny_model import build_tiny_model
     from .warmup import warm_up
 
