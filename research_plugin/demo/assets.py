@@ -77,9 +77,6 @@ def is_validation(row: int) -> bool:
 
 def demo_data(split: str = "train") -> str:
     """Path of the bundled questions as a verl parquet file for ``split`` (``train`` or ``val``)."""
-    from ..prepare.formats import parse
-    from ..prepare.rows import build_row, write_parquet
-
     if split not in ("train", "val"):
         raise ValueError(f"demo_data split must be 'train' or 'val', not {split!r}")
     out = cache_dir() / f"demo-data-{_fingerprint()}" / f"{split}.parquet"
@@ -87,23 +84,24 @@ def demo_data(split: str = "train") -> str:
         return str(out)
     with _locked("demo_data"):
         lines = [line for line in demo_questions_path().open(encoding="utf-8") if line.strip()]
-        examples = [parse(json.loads(line), "flashrag") for line in lines]
-        chosen = [ex for i, ex in enumerate(examples) if is_validation(i) == (split == "val")]
-        rows = [
-            build_row(
-                ex, data_source="demo", index=i, split=split, dialect="research", scheme="research", template="instruct"
-            )
-            for i, ex in enumerate(chosen)
-        ]
-        write_parquet(rows, out)
+        _write_split([json.loads(line) for line in lines], "demo", split, out)
     return str(out)
+
+
+def _write_split(questions: list[dict], data_source: str, split: str, out: Path) -> None:
+    """FlashRAG-format ``questions`` of ``split`` (every 5th is ``val``) as verl parquet rows in ``out``."""
+    from ..prepare.formats import parse
+    from ..prepare.rows import build_row, write_parquet
+
+    chosen = [parse(q, "flashrag") for i, q in enumerate(questions) if is_validation(i) == (split == "val")]
+    options = {"dialect": "research", "scheme": "research", "template": "instruct"}
+    rows = [build_row(ex, data_source=data_source, index=i, split=split, **options) for i, ex in enumerate(chosen)]
+    write_parquet(rows, out)
 
 
 def fact_world(part: str = "train") -> str:
     """Path of the generated fact world's ``train`` / ``val`` questions (verl parquet; every 5th held out) or its
     ``corpus`` (wiki-18 jsonl, for a bm25 retriever spec)."""
-    from ..prepare.formats import parse
-    from ..prepare.rows import build_row, write_parquet
     from .fact_world import bundled_world, corpus_rows, question_rows
 
     if part not in ("train", "val", "corpus"):
@@ -118,22 +116,8 @@ def fact_world(part: str = "train") -> str:
         tmp = folder / "corpus.jsonl.tmp"
         tmp.write_text("".join(json.dumps(row) + "\n" for row in corpus_rows(facts)), encoding="utf-8")
         os.replace(tmp, folder / "corpus.jsonl")
-        examples = [parse(row, "flashrag") for row in question_rows(facts)]
         for split in ("train", "val"):
-            chosen = [ex for i, ex in enumerate(examples) if is_validation(i) == (split == "val")]
-            rows = [
-                build_row(
-                    ex,
-                    data_source="fact_world",
-                    index=i,
-                    split=split,
-                    dialect="research",
-                    scheme="research",
-                    template="instruct",
-                )  # fmt: skip
-                for i, ex in enumerate(chosen)
-            ]
-            write_parquet(rows, folder / f"{split}.parquet")
+            _write_split(question_rows(facts), "fact_world", split, folder / f"{split}.parquet")
     return str(out)
 
 

@@ -7,7 +7,7 @@ from the result: the skill the papers train, reduced to what a 0.6M-parameter mo
 
 - The **bundled world** (:func:`bundled_world`, seed 0) is the main job's task: its questions are split into
   training and held-out validation ones (every 5th), and its corpus is what the policy searches.
-- **Practice worlds** (:func:`practice_example`) are endless fresh facts over names the bundled world never
+- **Practice facts** (:class:`PracticeWorld`) are endless fresh facts over names the bundled world never
   uses: the warm-up teaches the format and the copying on them, so nothing about the bundled world's validation
   questions (or any of its facts) is learned before RL.
 """
@@ -53,21 +53,15 @@ def make_name(rng: random.Random) -> str:
     return "".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 3)))).capitalize()
 
 
-def _facts(rng: random.Random, n: int, exclude: set[str]) -> list[Fact]:
-    names: list[str] = []
-    seen = set(exclude)
-    while len(names) < 2 * n:
-        name = make_name(rng)
-        if name not in seen:
-            seen.add(name)
-            names.append(name)
-    relations = sorted(RELATIONS)
-    return [Fact(names[2 * i], rng.choice(relations), names[2 * i + 1]) for i in range(n)]
-
-
 def bundled_world() -> list[Fact]:
     """The main job's world: :data:`BUNDLED_FACTS` facts over distinct names, the same on every machine."""
-    return _facts(random.Random(BUNDLED_SEED), BUNDLED_FACTS, set())
+    rng = random.Random(BUNDLED_SEED)
+    names: dict[str, None] = {}  # distinct, in the order drawn
+    while len(names) < 2 * BUNDLED_FACTS:
+        names.setdefault(make_name(rng))
+    pairs = iter(names)
+    relations = sorted(RELATIONS)
+    return [Fact(s, rng.choice(relations), o) for s, o in zip(pairs, pairs)]
 
 
 def bundled_names() -> frozenset[str]:
