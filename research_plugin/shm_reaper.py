@@ -117,8 +117,9 @@ def reap(
     return removed
 
 
-def watch(pids: Iterable[int], descendants: bool = False) -> int | None:
-    """Start a detached reaper for ``pids``; returns its process id (Linux only; elsewhere, and if ``/dev/shm`` is
+def watch(pids: Iterable[int], descendants: bool = False, interval: float = 2.0) -> int | None:
+    """Start a detached reaper for ``pids``, looking at their maps every ``interval`` seconds (a segment mapped and
+    left behind between two looks is missed); returns its process id (Linux only; elsewhere, and if ``/dev/shm`` is
     absent, nothing is started and None is returned).
 
     The reaper is a grandchild in a session of its own, re-parented away from the caller: Ray kills the child
@@ -128,7 +129,8 @@ def watch(pids: Iterable[int], descendants: bool = False) -> int | None:
     if not sys.platform.startswith("linux") or not SHM.is_dir() or not pids:
         return None
     seen = set().union(*(mapped_segments(pid) for pid in pids))  # what they map now, in case they die first
-    cmd = [sys.executable, "-m", __name__, "--detach", *map(str, pids), *(["--seen", *sorted(seen)] if seen else [])]
+    cmd = [sys.executable, "-m", __name__, "--detach", "--interval", str(interval), *map(str, pids)]
+    cmd += ["--seen", *sorted(seen)] if seen else []
     launcher = subprocess.Popen(
         [*cmd, *(["--descendants"] if descendants else [])],
         stdin=subprocess.DEVNULL,

@@ -60,12 +60,12 @@ def test_segments_of_a_killed_process_are_removed_and_others_kept():
         loky, others_loky = SHM / f"sem.loky-{owner.pid}-t{tag}", SHM / f"sem.loky-{os.getpid()}-t{tag}"
         loky.touch()  # a semaphore named after the process that made it, no longer mapped (vLLM's worker)
         others_loky.touch()
-        reaper = watch([owner.pid])
+        reaper = watch([owner.pid], interval=0.2)
         assert reaper is not None
         owner.stdin.write("go\n")
         owner.stdin.flush()
         assert owner.stdout.readline().strip() == "late"
-        time.sleep(2)  # the reaper looks every 0.5 s
+        time.sleep(2)  # the reaper looks every 0.2 s
         os.kill(owner.pid, signal.SIGKILL)
         owner.wait(timeout=30)
         assert gone(reaper)
@@ -107,7 +107,7 @@ time.sleep(600)
 """
     parent = subprocess.Popen([sys.executable, "-c", spawn], stdout=subprocess.PIPE, text=True)
     try:
-        reaper = watch([parent.pid], descendants=True)
+        reaper = watch([parent.pid], descendants=True, interval=0.2)
         ready, child = parent.stdout.readline().split()
         assert ready == "ready"
         time.sleep(2)  # the reaper finds the child and its segment on its next looks
