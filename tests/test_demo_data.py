@@ -196,11 +196,13 @@ def test_warmup_trajectories_are_well_formed_and_score_full_reward(tiny_model_di
     from research_plugin.demo.warmup import practice_example
 
     tok, d, world = AutoTokenizer.from_pretrained(tiny_model_dir), get_dialect("research"), PracticeWorld(seed=2)
+    replay = PracticeWorld(seed=2)  # draws the same facts: what each example is about
     for system_prompt in (False, True) * 5:
+        fact, _ = replay.example()
         ids, labels = practice_example(tok, world, d, system_prompt)
         text = _decode_example(tok, ids, labels)
-        answer = text.split("\\boxed{")[1].split("}")[0]
-        got = compute_score("fact_world", text, [answer], {"dialect": "research"}, scheme="research")
+        assert fact.question in tok.decode(ids)
+        got = compute_score("fact_world", text, [fact.object], {"dialect": "research"}, scheme="research")
         assert got["format"] == 1.0 and got["score"] == 1.0, text
         assert ("You are a helpful assistant" in tok.decode(ids)) == system_prompt
         # the result block is masked, the policy's own text trained

@@ -70,9 +70,9 @@ def demo_model() -> str:
     return str(out)
 
 
-def is_validation(row: int) -> bool:
-    """Whether the bundled question on (non-blank) line ``row`` is held out for validation: every 5th one."""
-    return row % 5 == 4
+def split_rows(rows: list, split: str) -> list:
+    """The rows of ``split``: every 5th row is held out for validation (``val``), the rest are ``train``."""
+    return [row for i, row in enumerate(rows) if (i % 5 == 4) == (split == "val")]
 
 
 def demo_data(split: str = "train") -> str:
@@ -83,8 +83,9 @@ def demo_data(split: str = "train") -> str:
     if out.exists():
         return str(out)
     with _locked("demo_data"):
-        lines = [line for line in demo_questions_path().open(encoding="utf-8") if line.strip()]
-        _write_split([json.loads(line) for line in lines], "demo", split, out)
+        if not out.exists():  # another process may have built it while this one waited
+            lines = [line for line in demo_questions_path().open(encoding="utf-8") if line.strip()]
+            _write_split([json.loads(line) for line in lines], "demo", split, out)
     return str(out)
 
 
@@ -93,7 +94,7 @@ def _write_split(questions: list[dict], data_source: str, split: str, out: Path)
     from ..prepare.formats import parse
     from ..prepare.rows import build_row, write_parquet
 
-    chosen = [parse(q, "flashrag") for i, q in enumerate(questions) if is_validation(i) == (split == "val")]
+    chosen = [parse(q, "flashrag") for q in split_rows(questions, split)]
     options = {"dialect": "research", "scheme": "research", "template": "instruct"}
     rows = [build_row(ex, data_source=data_source, index=i, split=split, **options) for i, ex in enumerate(chosen)]
     write_parquet(rows, out)
@@ -111,6 +112,8 @@ def fact_world(part: str = "train") -> str:
     if out.exists():
         return str(out)
     with _locked("fact_world"):
+        if out.exists():  # another process built it while this one waited
+            return str(out)
         facts = bundled_world()
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / "corpus.jsonl.tmp"

@@ -32,10 +32,10 @@ def _questions(which: str, n: int) -> tuple[list[dict], list[str]]:
         return load_questions(n), ["+search_agent.retriever=demo"]
     if which != "facts":
         raise ValueError(f"questions must be one of {', '.join(QUESTIONS)}, not {which!r}")
-    from .assets import fact_world, is_validation
+    from .assets import fact_world, split_rows
     from .fact_world import bundled_world, question_rows
 
-    rows = [r for i, r in enumerate(question_rows(bundled_world())) if is_validation(i)]
+    rows = split_rows(question_rows(bundled_world()), "val")
     return rows[:n], ["+search_agent.retriever.type=bm25", f"+search_agent.retriever.corpus={fact_world('corpus')}"]
 
 

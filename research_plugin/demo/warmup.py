@@ -7,7 +7,7 @@ copy a fact out of a passage; the tiny CPU policy gets that starting point here,
 world's): think, search the question, read the two passages the search returns, answer with the object of the
 matching one in ``\\boxed{}``. Every example pairs names anew, so answers cannot be memorised, only copied; the loss
 covers the policy's own text only (result blocks are masked, as in RL). The system prompt comes in gradually
-(short sequences train faster; the last steps see the prompts RL uses). After ~2,400 steps (~14 minutes on two
+(short sequences train faster; the last steps see the prompts RL uses). After 2,400 steps (~13 minutes on two
 cores, once: the result is cached) the policy copies the right answer for some of the held-out questions: the rest
 is left for RL.
 """
