@@ -111,9 +111,6 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
 
-    from research_plugin.demo.assets import demo_model
-
-    demo_model()  # warm cache: building the tiny policy is not part of either engine's time
     runs: dict[str, list[dict]] = {e: [] for e in args.engines}
     for i in range(args.repeats):
         for engine in args.engines:

@@ -96,6 +96,23 @@ def cmd_recipes(args) -> int:
     return 0
 
 
+def cmd_policy(args) -> int:
+    """Show the shipped policy's build record, or rebuild it from the code."""
+    import json
+
+    from .demo import policy
+
+    out = args.dir or policy.SHIPPED
+    if args.action == "info":
+        info, code = policy.build_info(out), policy.code_fingerprint()
+        print(json.dumps({"path": str(out), **info, "code_fingerprint_now": code}, indent=2))
+        return 0 if info.get("fingerprint") == code else 1
+    print(f"building the embedded default's policy in {out} (warm-up seed {args.seed}): ~10 min on 2 cores", flush=True)
+    built = policy.build_policy(out, seed=args.seed, steps=args.steps)
+    print(json.dumps({"path": str(built), **policy.build_info(built)}, indent=2))
+    return 0
+
+
 def cmd_openrlhf_agent_path(args) -> int:
     """Print the path of the agent file for OpenRLHF's ``--train.agent_func_path``."""
     from pathlib import Path
@@ -396,6 +413,19 @@ def build_parser() -> argparse.ArgumentParser:
         "configured from RESEARCH_PLUGIN_AGENT_CONFIG (a YAML/JSON file) or RESEARCH_PLUGIN_AGENT_JSON.",
     )
     p.set_defaults(func=cmd_openrlhf_agent_path)
+
+    p = sub.add_parser(
+        "policy",
+        help="the embedded default's shipped policy: its build record, or rebuild it from the code",
+        description="info: the shipped policy's build.json and whether the code that built it is the code now (exit "
+        "1 when not); build: rebuild it from the code (tiny model, tokenizer, warm-up; ~10 min on 2 cores) into the "
+        "package, or into --dir.",
+    )
+    p.add_argument("action", choices=["info", "build"])
+    p.add_argument("--dir", help="a policy folder other than the package's (build: where to write it)")
+    p.add_argument("--seed", type=int, default=0, help="build: the warm-up's seed (the shipped policy's is 0)")
+    p.add_argument("--steps", type=int, help="build: warm-up steps (default: the shipped policy's)")
+    p.set_defaults(func=cmd_policy)
 
     p = sub.add_parser("search", help="query a retriever and print the result block")
     p.add_argument("query", nargs="+")

@@ -48,3 +48,11 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from research_plugin.demo.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen2")
+
+
+@pytest.fixture(scope="session")
+def main_job_hf(tmp_path_factory) -> dict:
+    """The main job with the ``hf`` rollout engine, run once for every test that checks it (``main_job``)."""
+    from .main_job import run_main_job
+
+    return run_main_job(tmp_path_factory.mktemp("main_job_hf"), "hf")

@@ -3,44 +3,54 @@ trains for minutes per run; ``test_learning.py`` runs it, shortened, on the defa
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from .main_job import load_bench
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def _curve(xs):
+    return [[5 * i, x] for i, x in enumerate(xs)]
 
 
-def _run(variant, seed, f1s):
-    return {"variant": variant, "seed": seed, "validation": {"f1": [[5 * i, f] for i, f in enumerate(f1s)]}}
+def _run(variant, seed, f1s, searches, masked=100, retrieved=100, warmup=0):
+    return {
+        "variant": variant, "seed": seed, "warmup_seed": warmup,
+        "validation": {"f1": _curve(f1s), "num_searches": _curve(searches)},
+        "masked_tokens": masked, "retrieved_tokens": retrieved,
+    }  # fmt: skip
 
 
-def test_verdict_is_the_issue_criterion():
-    learning = _load("learning")
-    runs = [_run("default", s, [0.1, 0.2, x]) for s, x in ((1, 0.40), (2, 0.42), (3, 0.38))]
-    runs += [_run("sign_flipped", s, [0.1, x]) for s, x in ((1, 0.0), (2, 0.3), (3, 0.1))]
-    runs += [_run("unmasked", s, [0.1, x]) for s, x in ((1, 0.12), (2, 0.11), (3, 0.12))]
+def test_the_verdict_is_the_issues_targets():
+    learning = load_bench("learning")
+    runs = [
+        _run("default", 1, [0.2, 0.5, 0.6], [0.25, 0.9, 1.0]),
+        _run("default", 2, [0.2, 0.4, 0.44], [0.25, 0.8, 0.95]),  # rises by 0.24 < 0.25
+        _run("default", 3, [0.2, 0.6, 0.7], [0.55, 1.0, 1.0]),  # searched more than half at the start
+        _run("default", 4, [0.2, 0.6, 0.7], [0.25, 0.9, 0.85]),  # ends below 0.9 searches
+        _run("default", 5, [0.2, 0.6, 0.7], [0.25, 1.0, 1.0], masked=90),  # a retrieved token kept mask 1
+        _run("sign_flipped", 1, [0.2, 0.1, 0.0], [0.25, 0.1, 0.0]),
+        _run("sign_flipped", 2, [0.2, 0.3, 0.2], [0.25, 0.5, 0.3]),  # does not fall
+        _run("unmasked", 1, [0.2, 0.6, 0.7], [0.25, 1.0, 1.0], masked=0),
+        _run("unmasked", 2, [0.2, 0.6, 0.7], [0.25, 1.0, 1.0]),  # the mask count would not tell it
+        _run("default", 1, [0.2, 0.5, 0.6], [0.25, 0.9, 1.0], warmup=1),
+    ]
     v = learning.verdict(runs)
-    assert v["default"]["rise"] == pytest.approx(0.3) and v["default"]["seed_spread"] == pytest.approx(0.02)
-    assert v["default"]["learns"]
-    assert not v["sign_flipped"]["learns"]  # F1 falls on average
-    assert not v["unmasked"]["learns"]  # rises by 0.017, less than 3 x its spread (3 x 0.0058)
-    assert not learning.verdict([_run("default", 1, [0.0, 0.5])])["default"]["learns"]  # one seed: no spread
+    per_seed = {
+        variant: {s: j["meets_target"] for s, j in g["per_seed"].items()} for variant, g in v["warmup 0"].items()
+    }
+    assert per_seed == {
+        "default": {1: True, 2: False, 3: False, 4: False, 5: False},
+        "sign_flipped": {1: True, 2: False},
+        "unmasked": {1: True, 2: False},
+    }
+    assert v["warmup 0"]["default"]["per_seed"][1]["f1_rise"] == pytest.approx(0.4)
+    assert not v["warmup 0"]["default"]["all_seeds_meet_target"] and v["warmup 1"]["default"]["all_seeds_meet_target"]
 
 
 def test_negated_reward_flips_the_score_only():
     from research_plugin import compute_score
 
-    negated = _load("negated_reward").compute_score
+    negated = load_bench("negated_reward").compute_score
     text = "<think> t </think> <answer> \\boxed{Paris} </answer>"
     plain = compute_score("demo", text, ["Paris"], {"ended_by_eos": True})
     flipped = negated("demo", text, ["Paris"], {"ended_by_eos": True})

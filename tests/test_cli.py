@@ -105,7 +105,7 @@ def test_recipes_ls_dir_and_cp(tmp_path):
     assert cli("recipes", "cp", "nope").returncode == 2
 
 
-def test_the_wheel_carries_the_recipes(tmp_path):
+def test_the_wheel_carries_the_recipes_and_the_policy(tmp_path):
     import zipfile
 
     root = Path(__file__).resolve().parents[1]
@@ -126,6 +126,8 @@ def test_the_wheel_carries_the_recipes(tmp_path):
     ):
         assert f"research_plugin/recipes/{name}" in names
     assert "research_plugin/data/demo_corpus.jsonl" in names and "research_plugin/openrlhf/agent_func.py" in names
+    for name in ("model.safetensors", "tokenizer.json", "config.json", "build.json"):
+        assert f"research_plugin/data/tiny_policy/{name}" in names
 
 
 def test_demo_names_what_a_model_folder_lacks(tmp_path):

@@ -1,10 +1,10 @@
 """The main job: ``python -m verl.trainer.main_ppo --config-path recipes --config-name tiny_cpu_grpo`` on CPU.
 
 verl's own launcher, Ray, FSDP2 trainer, agent loop and reward loop; our cpu platform, search agent, BM25 retriever
-and ReSearch reward. Two GRPO steps with each rollout engine: the plugin's ``hf`` backend, and verl's own vLLM
-server on vLLM's CPU build (``+rollout_engine=vllm_cpu``; it starts from dummy weights, so rollout log-probs that
-match the trainer's prove the weights reached it). The assertions read what verl logged, the checkpoint it wrote
-and what it left in ``/dev/shm``.
+and ReSearch reward. GRPO with each rollout engine: the plugin's ``hf`` backend (the run ``test_learning`` checks
+too, 10 steps), and verl's own vLLM server on vLLM's CPU build (``+rollout_engine=vllm_cpu``, 2 steps; it starts
+from dummy weights, so rollout log-probs that match the trainer's prove the weights reached it). The assertions
+read what verl logged, the checkpoint it wrote and what it left in ``/dev/shm``.
 """
 
 from __future__ import annotations
@@ -12,20 +12,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import subprocess
 import sys
 import time
 from importlib.metadata import distributions
-from pathlib import Path
 
 import pytest
 import torch
 
-from research_plugin.recipes import recipes_dir
-
-ROOT = Path(__file__).resolve().parents[1]
-STEPS = 2
+from .main_job import run_main_job, shm_segments
 
 
 def per_step(log: str) -> dict[int, dict[str, float]]:
@@ -41,40 +36,21 @@ def per_step(log: str) -> dict[int, dict[str, float]]:
     return steps
 
 
-SHM = Path("/dev/shm")
-SHM_PREFIXES = ("psm_", "verl_weights_", "sem.loky-")
-
-
-def shm_segments() -> set[str]:
-    return {p.name for p in SHM.glob("*") if p.name.startswith(SHM_PREFIXES)} if SHM.is_dir() else set()
-
-
 @pytest.fixture(scope="module", params=["hf", "vllm_cpu"])
 def run(request, tmp_path_factory):
     engine = request.param
-    if engine == "vllm_cpu" and importlib.util.find_spec("vllm") is None:
+    if engine == "hf":
+        job = request.getfixturevalue("main_job_hf")
+    elif importlib.util.find_spec("vllm") is None:
         pytest.skip("vLLM's CPU build is not installed (the vllm-cpu extra, x86-64 Linux)")
-    out = tmp_path_factory.mktemp(f"cpu_grpo_{engine}")
-    cmd = [
-        sys.executable, "-m", "verl.trainer.main_ppo",
-        "--config-path", str(recipes_dir()), "--config-name", "tiny_cpu_grpo",
-        *([] if engine == "hf" else [f"+rollout_engine={engine}"]),
-        f"trainer.total_training_steps={STEPS}",
-        f"trainer.default_local_dir={out / 'ckpt'}",
-        f"hydra.run.dir={out / 'hydra'}",
-    ]  # fmt: skip
-    env = {**os.environ, "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
-    shm_before = shm_segments()
-    proc = subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True, timeout=1800)
-    log = proc.stdout + proc.stderr
-    (out / "log.txt").write_text(log)
-    assert proc.returncode == 0, log[-6000:]
-    return {"engine": engine, "log": log, "steps": per_step(log), "ckpt": out / "ckpt", "shm_before": shm_before}
+    else:
+        job = run_main_job(tmp_path_factory.mktemp(f"cpu_grpo_{engine}"), engine)
+    return {**job, "per_step": per_step(job["log"])}
 
 
 def test_every_step_logs_reward_search_and_length_metrics(run):
-    steps = run["steps"]
-    assert sorted(steps) == list(range(1, STEPS + 1)), run["log"][-3000:]
+    steps = run["per_step"]
+    assert sorted(steps) == list(range(1, run["steps"] + 1)), run["log"][-3000:]
     for m in steps.values():
         for key in ("critic/score/mean", "search/f1/mean", "search/format/mean", "search/num_searches/mean",
                     "response_length/mean", "timing_s/step"):  # fmt: skip
@@ -86,14 +62,14 @@ def test_every_step_logs_reward_search_and_length_metrics(run):
 
 
 def test_exactly_the_retrieved_tokens_have_mask_0(run):
-    for m in run["steps"].values():
+    for m in run["per_step"].values():
         # response_mask as the trainer read it from TransferQueue vs the tokens the agent loop inserted
         assert m["search/masked_tokens/sum"] == m["search/retrieved_tokens/sum"]
-    assert sum(m["search/retrieved_tokens/sum"] for m in run["steps"].values()) > 0
+    assert sum(m["search/retrieved_tokens/sum"] for m in run["per_step"].values()) > 0
 
 
 def test_every_rollout_used_the_trainers_current_weights(run):
-    for step, m in run["steps"].items():
+    for step, m in run["per_step"].items():
         # the rollout server reported the weight version it sampled with: the current one (staleness 0) ...
         assert m["training/off_policy/trajectory_staleness/max"] == 0
         # ... and its log-probs are the actor's: fp32 on both sides, so they agree to rounding error. At step 1
@@ -117,7 +93,7 @@ def test_no_cuda_package_came_with_the_install():
 def test_policy_weights_changed_and_a_checkpoint_was_written(run):
     from research_plugin.demo.assets import demo_model
 
-    actor = run["ckpt"] / f"global_step_{STEPS}" / "actor"
+    actor = run["ckpt"] / f"global_step_{run['steps']}" / "actor"
     shards = sorted(actor.glob("model_world_size_*_rank_0.pt"))
     assert shards, sorted(p.name for p in actor.iterdir())
     trained = torch.load(shards[0], map_location="cpu", weights_only=False)
@@ -134,8 +110,8 @@ def test_policy_weights_changed_and_a_checkpoint_was_written(run):
 def test_the_run_ends_with_a_summary_metrics_plots_and_a_model_eval_and_demo_load(run):
     from research_plugin.verl.run_report import latest_hf_checkpoint, resolve_model_dir
 
-    log = run["log"]
-    assert f"=== tiny_cpu_grpo: {STEPS} training steps in" in log
+    log, steps = run["log"], run["steps"]
+    assert f"=== tiny_cpu_grpo: {steps} training steps in" in log
     for line in ("validation", "reward", "answer F1", "searches / question", "checkpoint:", "plots:", "next:"):
         assert line in log, line
     assert "target_num_threads" not in log  # TransferQueue's per-transfer warning
@@ -146,11 +122,11 @@ def test_the_run_ends_with_a_summary_metrics_plots_and_a_model_eval_and_demo_loa
     # validated before training (step 0) and after the last step, both in the metrics file the plots read
     lines = [json.loads(line) for line in (run["ckpt"] / "metrics.jsonl").read_text().splitlines()]
     val_steps = [r["step"] for r in lines if any(k.startswith("val-core/") for k in r["data"])]
-    assert val_steps == [0, STEPS] and [r["step"] for r in lines][1:] == list(range(1, STEPS + 1))
+    assert val_steps == [0, steps] and [r["step"] for r in lines][1:] == list(range(1, steps + 1))
     assert {p.name for p in (run["ckpt"] / "plots").glob("*.png")} >= {"reward.png", "searches.png"}
     # the run's folder stands for its newest Hugging Face copy
     hf = latest_hf_checkpoint(run["ckpt"])
-    assert hf == run["ckpt"] / f"global_step_{STEPS}" / "actor" / "huggingface"
+    assert hf == run["ckpt"] / f"global_step_{steps}" / "actor" / "huggingface"
     assert resolve_model_dir(run["ckpt"]) == hf and (hf / "tokenizer.json").is_file()
     demo = subprocess.run(
         [sys.executable, "-m", "research_plugin.cli", "demo", "-n", "1", "--model", str(run["ckpt"])],

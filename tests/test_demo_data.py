@@ -187,27 +187,46 @@ def _decode_example(tokenizer, ids, labels):
     return tokenizer.decode(ids[first:], skip_special_tokens=True)
 
 
-def test_warmup_trajectories_are_well_formed_and_score_full_reward(tiny_model_dir):
+def test_warmup_trajectories_search_and_copy_or_guess_from_memory(tiny_model_dir):
+    """Practice trajectories are well formed; one that searches answers with its fact's object (full reward), one
+    that answers from memory names another (format reward only), each kind of question searched as often as the
+    warm-up's mix says."""
+    from collections import Counter
+
     from transformers import AutoTokenizer
 
     from research_plugin.core.dialects import get_dialect
     from research_plugin.core.rewards import compute_score
     from research_plugin.demo.fact_world import PracticeWorld
-    from research_plugin.demo.warmup import practice_example
+    from research_plugin.demo.warmup import practice_example, search_propensity
 
     tok, d, world = AutoTokenizer.from_pretrained(tiny_model_dir), get_dialect("research"), PracticeWorld(seed=2)
-    replay = PracticeWorld(seed=2)  # draws the same facts: what each example is about
-    for system_prompt in (False, True) * 5:
-        fact, _ = replay.example()
+    drawn = []  # the facts the examples are about, as the world hands them out
+    example = world.example
+    fact_of = world.fact
+    world.example = lambda: drawn.append(example()) or drawn[-1]
+    world.fact = lambda relation=None: drawn.append((fact_of(relation), [])) or drawn[-1][0]
+    searched, seen = Counter(), Counter()
+    for i in range(600):
+        system_prompt = i % 2 == 1
         ids, labels = practice_example(tok, world, d, system_prompt)
+        (fact, _) = drawn[-1]
         text = _decode_example(tok, ids, labels)
         assert fact.question in tok.decode(ids)
-        got = compute_score("fact_world", text, [fact.object], {"dialect": "research"}, scheme="research")
-        assert got["format"] == 1.0 and got["score"] == 1.0, text
         assert ("You are a helpful assistant" in tok.decode(ids)) == system_prompt
-        # the result block is masked, the policy's own text trained
+        got = compute_score("fact_world", text, [fact.object], {"dialect": "research"}, scheme="research")
+        assert got["format"] == 1.0, text
         trained = tok.decode([y for y in labels if y != -100])
-        assert "<result>" not in trained and "Doc 1" not in trained and "<search>" in trained
+        seen[fact.relation] += 1
+        if "<search>" in text:
+            searched[fact.relation] += 1
+            assert got["score"] == 1.0, text
+            # the result block is masked, the policy's own text trained
+            assert "<result>" not in trained and "Doc 1" not in trained and "<search>" in trained
+        else:
+            assert got["score"] == 0.1 and "I remember" in trained, text  # a wrong guess: format only
+    for relation, share in search_propensity().items():
+        assert abs(searched[relation] / seen[relation] - share) < 0.1, (relation, searched, seen)
 
 
 def test_warmup_result_blocks_are_the_ones_the_agent_loop_appends(tiny_model_dir, tmp_path, monkeypatch):

@@ -1,16 +1,16 @@
 """Bundled assets a recipe can name without a preparation step, as OmegaConf resolvers.
 
 - ``${research_plugin.demo_model:}``: the tiny Qwen2 policy (hidden 128, 2 layers) with its local tokenizer,
-  warmed up on practice facts (:mod:`research_plugin.demo.warmup`); built once (~13 min on 2 cores), then cached.
+  warmed up on practice facts, shipped in the package (:mod:`research_plugin.demo.policy`).
 - ``${research_plugin.fact_world:train}`` / ``:val`` / ``:corpus``: the generated fact world's questions as verl
   parquet (every 5th held out for validation) and its corpus (:mod:`research_plugin.demo.fact_world`): the main
   job's task.
 - ``${research_plugin.demo_data:train}`` / ``${research_plugin.demo_data:val}``: the bundled two-hop questions
   as verl parquet (``research-plugin prepare``'s row format); every 5th question is held out for validation.
 
-Built on first use under the cache dir (``RESEARCH_PLUGIN_CACHE``, default ``~/.cache/research_plugin``), keyed
-by a hash of the bundled data and of the code that generates the world, the tokenizer and the warm-up, behind a
-file lock so concurrent processes build once; writes are atomic. The resolvers are registered at plugin import,
+The data files are built on first use (a second) under the cache dir (``RESEARCH_PLUGIN_CACHE``, default
+``~/.cache/research_plugin``), keyed by a hash of the bundled data and of the code that generates the world, behind
+a file lock so concurrent processes build once; writes are atomic. The resolvers are registered at plugin import,
 so verl's launcher resolves them in whichever process first reads the config.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..data import demo_corpus_path, demo_questions_path
 
-VERSION = "7"  # bump when the tiny model, the warm-up or the row format changes
+VERSION = "8"  # bump when the row format changes
 
 
 def cache_dir() -> Path:
@@ -34,9 +34,8 @@ def cache_dir() -> Path:
 
 def _fingerprint() -> str:
     h = hashlib.sha256(VERSION.encode())
-    here = Path(__file__).parent  # the code that makes the world, the tokenizer and the policy: a change rebuilds
-    code = [here / name for name in ("fact_world.py", "tiny_model.py", "warmup.py")]
-    for path in (demo_questions_path(), demo_corpus_path(), *code):
+    here = Path(__file__).parent  # the code that makes the world: a change rebuilds
+    for path in (demo_questions_path(), demo_corpus_path(), here / "fact_world.py"):
         h.update(path.read_bytes())
     return h.hexdigest()[:10]
 
@@ -53,21 +52,10 @@ def _locked(name: str):
 
 
 def demo_model() -> str:
-    """Path of the warmed-up tiny policy (built on first use)."""
-    from .tiny_model import build_tiny_model
-    from .warmup import warm_up
+    """Path of the warmed-up tiny policy shipped in the package."""
+    from .policy import shipped_policy
 
-    out = cache_dir() / f"tiny-qwen2-search-{_fingerprint()}"
-    if not (out / "config.json").exists():
-        print(
-            f"research_plugin: building the embedded default's policy in {out} (once, then cached): a tiny Qwen2 "
-            "warmed up on practice facts, ~13 min on 2 cores",
-            flush=True,
-        )
-        with _locked("demo_model"):
-            base = build_tiny_model(cache_dir() / f"tiny-qwen2-h128-{_fingerprint()}", hidden_size=128, num_layers=2)
-            warm_up(base, out)
-    return str(out)
+    return str(shipped_policy())
 
 
 def split_rows(rows: list, split: str) -> list:

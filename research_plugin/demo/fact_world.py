@@ -26,7 +26,9 @@ RELATIONS: dict[str, tuple[str, str]] = {
     "birthplace": ("Where was {s} born?", "{s} was born in {o}."),
     "founder": ("Who founded {s}?", "{s} was founded by {o}."),
     "capital": ("What is the capital of {s}?", "The capital of {s} is {o}."),
-    "river": ("Which river flows through {s}?", "The {o} flows through {s}."),
+    # every sentence names the subject before the object: a 2-layer policy copies what follows a name it matched
+    # far more reliably than what precedes it ("The {o} flows through {s}." stayed below half)
+    "river": ("Which river flows through {s}?", "{s} lies on the river {o}."),
 }
 
 BUNDLED_SEED = 0
@@ -106,3 +108,9 @@ class PracticeWorld:
         other = self.fact(fact.relation if self.rng.random() < 0.5 else None)
         hits = [fact, other] if self.rng.random() < 0.8 else [other, fact]
         return fact, hits
+
+    def guess(self, fact: Fact) -> str:
+        """A name answered from memory: any name but the fact's own (so wrong)."""
+        while (name := self.rng.choice(self.names)) in (fact.subject, fact.object):
+            pass
+        return name

@@ -27,16 +27,24 @@ def load_questions(n: int, path: Path | None = None) -> list[dict]:
 
 
 def _questions(which: str, n: int) -> tuple[list[dict], list[str]]:
-    """The first ``n`` questions of a set, and the overrides that point the agent loop at their corpus."""
+    """The first ``n`` questions of a set, and the overrides that point the agent loop at their corpus (for the fact
+    world: the main job's search settings, from its recipe)."""
     if which == "two_hop":
         return load_questions(n), ["+search_agent.retriever=demo"]
     if which != "facts":
         raise ValueError(f"questions must be one of {', '.join(QUESTIONS)}, not {which!r}")
-    from .assets import fact_world, split_rows
+    from omegaconf import OmegaConf
+
+    from ..recipes import recipes_dir
+    from .assets import register_resolvers, split_rows
     from .fact_world import bundled_world, question_rows
 
-    rows = split_rows(question_rows(bundled_world()), "val")
-    return rows[:n], ["+search_agent.retriever.type=bm25", f"+search_agent.retriever.corpus={fact_world('corpus')}"]
+    register_resolvers()
+    settings = OmegaConf.to_container(OmegaConf.load(recipes_dir() / "tiny_cpu_grpo.yaml").search_agent, resolve=True)
+    retriever = settings.pop("retriever")
+    overrides = [f"+search_agent.{k}={v}" for k, v in settings.items()]
+    overrides += [f"+search_agent.retriever.{k}={v}" for k, v in retriever.items()]
+    return split_rows(question_rows(bundled_world()), "val")[:n], overrides
 
 
 def run_demo(
