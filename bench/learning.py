@@ -10,7 +10,7 @@ on the fact world's 80 held-out questions every ``--test-freq`` steps:
 - ``unmasked``: ``search_agent.mask_results=false``, retrieved tokens trained as if the policy wrote them.
 
 Warm-up seed 0 is the policy shipped in the package; another seed is rebuilt from the code (``research-plugin policy
-build --seed N``, ~8 min, cached under the plugin's cache folder). RL seeds set ``data.seed`` (the order of the
+build --seed N``, ~15 min, cached under the plugin's cache folder). RL seeds set ``data.seed`` (the order of the
 questions) and ``actor_rollout_ref.rollout.seed`` (sampling). The targets (:data:`TARGETS`), for every RL seed of
 every warm-up seed: ``default`` raises F1 by 0.25 or more while searches per question go from at most 0.5 to at
 least 0.9; ``sign_flipped`` ends below its start; ``unmasked`` is caught by the mask count (retrieved tokens that
@@ -185,6 +185,20 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     runs, failed = [], []
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+
+    def write() -> dict:  # after every run: an interrupted bench keeps what it measured
+        result = {
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "cpu": policies.machine_cpu()},
+            "settings": {k: v for k, v in vars(args).items() if k not in ("out_dir",)},
+            "targets": TARGETS,
+            "runs": runs,
+            "failed": failed,
+            "verdict": verdict(runs),
+        }
+        (args.out_dir / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        return result
+
     for warmup in args.warmup_seeds:
         policy = warmup_policy(warmup)
         for variant in args.variants:
@@ -195,25 +209,17 @@ def main(argv: list[str] | None = None) -> dict:
                 except RuntimeError as e:  # recorded; the other runs go on
                     print(f"[learning]   failed: {str(e)[-2000:]}", flush=True)
                     failed.append({"warmup_seed": warmup, "variant": variant, "seed": seed, "error": str(e)[-2000:]})
+                    write()
                     continue
                 run = {"warmup_seed": warmup, **run}
                 print(f"[learning]   F1 {run['validation']['f1']}", flush=True)
                 print(f"[learning]   searches {run['validation']['num_searches']}  ({run['wall_s']} s)", flush=True)
                 runs.append(run)
-    result = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "cpu": policies.machine_cpu()},
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out_dir",)},
-        "targets": TARGETS,
-        "runs": runs,
-        "failed": failed,
-        "verdict": verdict(runs),
-    }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+                write()
+    result = write()
     plot(runs, args.out_dir / f"{args.name}.png")
     print(json.dumps(result["verdict"], indent=2))
     return result
-
 
 if __name__ == "__main__":
     main()

