@@ -221,5 +221,6 @@ def main(argv: list[str] | None = None) -> dict:
     print(json.dumps(result["verdict"], indent=2))
     return result
 
+
 if __name__ == "__main__":
     main()
