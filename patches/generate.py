@@ -60,9 +60,11 @@ MODULES = {
     "research_plugin.core.dialects": f"{REWARD}.dialects",
     "research_plugin.core.format_check": f"{REWARD}.format_check",
     "research_plugin.core.rewards": f"{REWARD}.rewards",
+    "research_plugin.core.settings": f"{REWARD}.settings",
     "research_plugin.verl.agent_loop": LOOP,
     "research_plugin.core.prompts": f"{SEARCH}.prompts",
     "research_plugin.core.search_step": f"{SEARCH}.search_step",
+    "research_plugin.core.row_settings": f"{SEARCH}.row_settings",
     "research_plugin.retrieval": f"{SEARCH}.retrieval",
     "research_plugin.retrieval.base": f"{SEARCH}.retrieval.base",
     "research_plugin.retrieval.bm25": f"{SEARCH}.retrieval.bm25",
@@ -542,6 +544,8 @@ def dataclass_fields(cls: ast.ClassDef) -> list[tuple[str, ast.expr | None, str 
 
 
 def _literal(node: ast.expr | None) -> str:
+    if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "field":  # field(default=..., metadata=...)
+        node = next((kw.value for kw in node.keywords if kw.arg == "default"), None)
     value = ast.literal_eval(node) if node is not None else None
     return str(value)
 

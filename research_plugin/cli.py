@@ -137,7 +137,8 @@ def cmd_search(args) -> int:
     if result.error:
         print(f"search failed: {result.error}", file=sys.stderr)
         return 1
-    print(result_block(format_passages(result.passages), get_dialect(args.dialect)).strip())
+    d = get_dialect(args.dialect)
+    print(result_block(format_passages(result.passages, d), d).strip())
     return 0
 
 
@@ -164,9 +165,9 @@ def cmd_demo(args) -> int:
 def retriever_spec(value: str) -> dict | str:
     """A retriever spec from a command-line value: 'demo', an http(s):// URL, a jsonl corpus (BM25) or a saved index
     folder (its manifest names the backend that loads it; a bare pyserini / Anserini index is served by lucene)."""
-    import json
     from pathlib import Path
 
+    from .core.settings import read_mapping_file
     from .retrieval.lucene import is_lucene_index
 
     if value == "demo" or value.startswith(("http://", "https://")):
@@ -175,8 +176,8 @@ def retriever_spec(value: str) -> dict | str:
     if is_lucene_index(path) and not (path / "manifest.json").exists():
         return {"type": "lucene", "index_dir": str(path)}
     if path.is_dir():
-        backend = json.loads((path / "manifest.json").read_text()).get("backend", "bm25")
-        return {"type": backend, "index_dir": str(path)}
+        manifest = read_mapping_file(path / "manifest.json", f"index manifest {path / 'manifest.json'}")
+        return {"type": manifest.get("backend", "bm25"), "index_dir": str(path)}
     if path.is_file():
         return {"type": "bm25", "corpus": str(path)}
     raise ValueError(f"a retriever must be 'demo', an http(s):// URL, a jsonl corpus or an index folder, not {value!r}")
@@ -294,6 +295,7 @@ def cmd_prepare(args) -> int:
     import json
     from pathlib import Path
 
+    from .core.settings import convert
     from .prepare import PrepareError, Source, prepare
 
     named = [_named_input(spec, args.dataset) for spec in args.input]
@@ -303,7 +305,7 @@ def cmd_prepare(args) -> int:
             name, sep, value = spec.partition("=")
             if not sep:
                 raise PrepareError(f"--weight must be NAME=WEIGHT, not {spec!r}")
-            weights[name] = float(value)
+            weights[name] = convert(value, float, f"--weight {name}", "command line")
         names = [name for name, _ in named]
         if weights and (set(weights) != set(names) or len(set(names)) != len(names)):
             raise PrepareError(f"--weight needs one weight per input name; inputs: {names}, weights: {sorted(weights)}")
@@ -339,7 +341,7 @@ def cmd_eval(args) -> int:
             EvalSettings(
                 data=args.data,
                 model=args.model,
-                retriever=retriever_spec(args.retriever),
+                retriever=retriever_spec(args.retriever) if args.retriever is not None else None,
                 out=args.out,
                 tokenizer=args.tokenizer,
                 served_model=args.served_model,
@@ -350,6 +352,7 @@ def cmd_eval(args) -> int:
                 top_k=args.top_k,
                 max_searches=args.max_searches,
                 max_result_tokens=args.max_result_tokens,
+                prompt_format=args.prompt_format,
                 prompt_length=args.prompt_length,
                 response_length=args.response_length,
                 temperature=args.temperature,
@@ -388,6 +391,7 @@ def cmd_plot(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .core.dialects import DIALECTS
+    from .core.rewards import SCHEMES
 
     parser = argparse.ArgumentParser(prog="research-plugin", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -446,9 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         help="a local HF model folder or a training run's checkpoint folder (default: the embedded default's policy)",
     )
-    p.add_argument("--dialect", choices=sorted(DIALECTS), default="research")
-    p.add_argument("--scheme", default="research")
-    p.add_argument("--response-length", type=int, default=256)
+    p.add_argument("--dialect", choices=sorted(DIALECTS), help="default: the run's, else research")
+    p.add_argument("--scheme", choices=sorted(SCHEMES), help="default: the run's, else research")
+    p.add_argument("--response-length", type=int, help="default: the run's, else 256")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
@@ -578,19 +582,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="OpenAI-compatible completions endpoint (vLLM, SGLang), a local HF model folder, or a training run's "
         "checkpoint folder (its newest Hugging Face copy)",
     )
-    p.add_argument("--retriever", default="demo", help="'demo', a /retrieve URL, a jsonl corpus or an index folder")
+    p.add_argument(
+        "--retriever",
+        help="'demo', a /retrieve URL, a jsonl corpus or an index folder (default: the run's, else 'demo')",
+    )
     p.add_argument("--out", required=True, help="results folder")
     p.add_argument("--tokenizer", help="for an endpoint: local folder with the served model's config and tokenizer")
     p.add_argument("--served-model", help="for an endpoint: the model name to request (default: the first listed)")
     p.add_argument("--prompt-as", choices=["ids", "text"], default="ids", help="send prompts as token ids or text")
     p.add_argument("--api-key-env", help="environment variable holding the endpoint's API key, if it needs one")
-    p.add_argument("--dialect", choices=sorted(DIALECTS), default="research", help="for rows that name none")
-    p.add_argument("--scheme", choices=sorted(SCHEMES), default="research", help="reward scheme of the reward column")
-    p.add_argument("--top-k", type=int, help="passages per search (default: the search agent's)")
-    p.add_argument("--max-searches", type=int, help="searches answered per question (default: the search agent's)")
-    p.add_argument("--max-result-tokens", type=int, help="tokens per result block (default: the search agent's)")
-    p.add_argument("--prompt-length", type=int, default=2048, help="longer prompts are left-truncated")
-    p.add_argument("--response-length", type=int, default=8192, help="token budget of a whole trajectory")
+    p.add_argument(
+        "--dialect", choices=sorted(DIALECTS), help="for rows that name none (default: the run's, else research)"
+    )
+    p.add_argument(
+        "--scheme",
+        choices=sorted(SCHEMES),
+        help="reward scheme of the reward column (default: the run's, else research)",
+    )
+    p.add_argument("--top-k", type=int, help="passages per search (default: the run's, else the search agent's)")
+    p.add_argument("--max-searches", type=int, help="searches answered per question (default: the run's, else 8)")
+    p.add_argument("--max-result-tokens", type=int, help="tokens per result block (default: the run's, else 512)")
+    p.add_argument(
+        "--prompt-format", choices=["auto", "chat", "raw"], help="prompt template (default: the run's, else auto)"
+    )
+    p.add_argument(
+        "--prompt-length", type=int, help="longer prompts are left-truncated (default: the run's, else 2048)"
+    )
+    p.add_argument(
+        "--response-length", type=int, help="token budget of a whole trajectory (default: the run's, else 8192)"
+    )
     p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--concurrency", type=int, default=8, help="rows (and judge requests) in flight at once")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,18 @@ MINI_CORPUS = [
     ("Quessa River", "The Quessa River is 412 kilometres long and flows into the Amber Sea."),
     ("Varenholt", "Varenholt is a kingdom whose capital is Lune. Its currency is the varen."),
 ]
+
+
+@pytest.fixture(autouse=True)
+def _verl_platform_per_test():
+    """A test that runs verl's ``auto_set_device`` on a CPU recipe in this process selects the plugin's platform
+    here, as the launcher does (``VERL_PLATFORM=cpu``); later tests' subprocesses must not inherit it."""
+    before = os.environ.get("VERL_PLATFORM")
+    yield
+    if before is None:
+        os.environ.pop("VERL_PLATFORM", None)
+    else:
+        os.environ["VERL_PLATFORM"] = before
 
 
 @pytest.fixture(scope="session")

@@ -172,7 +172,7 @@ def test_a_row_whose_prompt_opens_a_think_block(tiny_model_dir, mini_corpus, mod
         seen.append(prompt_text)
         if d.result_open not in response_so_far(prompt_text):
             return f" I need the founder. {d.think_close} {d.query_open} Orvell Glassworks founder {d.query_close}"
-        return f"{d.think_open} Found. {d.think_close} {d.answer_open} Ilsa Marrow {d.answer_close}<|im_end|>"
+        return f"{d.answer_open} Ilsa Marrow {d.answer_close}<|im_end|>"  # its code allows one think block only
 
     config = make_config(
         tiny_model_dir, bm25(mini_corpus), 1024, extra=["reward.custom_reward_function.reward_kwargs.scheme=r1_stage2"]
@@ -248,10 +248,23 @@ def test_budget_truncates_cleanly_and_sampled_junk_never_raises(tiny_model_dir, 
     first = tok.encode(two_hop_script(""), add_special_tokens=False)
     length = len(first) + 5  # the first result block starts but does not fit
     config = make_config(tiny_model_dir, bm25(mini_corpus), response_length=length)
-    # scripted: the second result block does not fit and is cut at the budget
-    out = run_agent_loop(config, HFServer(model, tok, script=two_hop_script), make_batch([("Where?", "Keddle")]))
+    # scripted: the first result block does not fit and is cut at the budget; beside it, a row answered at once
+
+    def script(prompt_text):
+        return (
+            "<answer> \\boxed{Keddle} </answer><|im_end|>" if "At once?" in prompt_text else two_hop_script(prompt_text)
+        )
+
+    rows = make_batch([("Where?", "Keddle"), ("At once?", "Keddle")])
+    out = run_agent_loop(config, HFServer(model, tok, script=script), rows)
     assert int(out.batch["attention_mask"][0, -length:].sum()) == length
     assert out.batch["response_mask"][0, -1] == 0  # ended inside a result block
+    # both rows carry every reward field; the cut one is told to the reward, which scores it as cut off (ReSearch: 0)
+    nt = out.non_tensor_batch
+    assert all(len(nt[k]) == 2 and None not in list(nt[k]) for k in ("score", "f1", "format", "truncated"))
+    assert (bool(nt["ended_by_eos"][0]), nt["truncated"][0], nt["score"][0]) == (False, 1.0, 0.0)
+    assert nt["num_searches"][0] == 1 and nt["retrieved_tokens"][0] == 5
+    assert (bool(nt["ended_by_eos"][1]), nt["truncated"][1], nt["f1"][1]) == (True, 0.0, 1.0)
     # unscripted: a random model writes junk until the budget; nothing raises, lengths stay in bounds
     out = run_agent_loop(config, HFServer(model, tok), make_batch([("Where?", "Keddle"), ("What?", "Lune")]))
     assert out.batch["responses"].shape == (2, length)
@@ -314,7 +327,8 @@ def test_settings_from_agent_loop_config_file_and_row(
     assert sorted(sent) == [(["Quessa River"], 1), (["Quessa River"], 2)]  # query cut to 12 chars, then stripped
     for i, k in enumerate([1, 2]):
         text = tok.decode(out.batch["responses"][i])
-        assert text.count("Doc ") == k and d.result_open in text
+        passages = text.split(d.result_open)[1].split(d.result_close)[0].strip().splitlines()  # one per line
+        assert len(passages) == k and "Quessa" in passages[0]
     assert list(out.non_tensor_batch["dialect"]) == ["r1_searcher"] * 2
 
 

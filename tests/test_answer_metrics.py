@@ -8,6 +8,7 @@ from research_plugin.core.answer_metrics import (
     f1_score,
     normalize_answer,
     precision_recall_f1,
+    token_cover_match,
 )
 
 
@@ -121,3 +122,13 @@ def test_cover_exact_match():
     assert cover_exact_match("", "the") == 1.0  # empty gold only covered by empty prediction
     assert cover_exact_match("something", "the") == 0.0
     assert cover_exact_match(None, "x") == 0.0
+
+
+def test_token_cover_match_a_gold_that_normalises_to_nothing():
+    # R1-Searcher's cover_exact_match_score_1 splits on " ": gold "A" is [""], covered only by an empty prediction.
+    # A blood-type question ("A") must not pay for any answer.
+    assert token_cover_match("B", "A") == 0.0
+    assert token_cover_match("O negative", "The", normalization="r1_searcher") == 0.0
+    assert token_cover_match("the", "A") == 1.0  # both normalise to nothing
+    assert token_cover_match("B", ["A", "b"]) == 1.0  # another gold still counts
+    assert token_cover_match("madison james", "James Madison") == 1.0

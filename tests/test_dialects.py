@@ -7,7 +7,9 @@ from hypothesis import strategies as st
 
 from research_plugin import compute_score
 from research_plugin.core.dialects import (
+    ANSWER_READINGS,
     DIALECTS,
+    answer_block,
     extract_answer,
     extract_boxed,
     extract_query,
@@ -17,7 +19,12 @@ from research_plugin.core.dialects import (
     stopped_at_query,
     strip_results,
 )
-from research_plugin.core.format_check import FormatReport, check_format
+from research_plugin.core.format_check import (
+    FormatReport,
+    check_format,
+    check_r1_searcher_code,
+    check_research_code,
+)
 from research_plugin.core.prompts import base_prompt, chat_messages, system_prompt
 from research_plugin.core.rewards import SCHEMES
 
@@ -82,7 +89,18 @@ def test_format_passages_and_result_block(d):
     assert body == "Doc 1 (Title: Paris) Paris is the capital.\nDoc 2 Untitled text."
     assert format_passages([]) == ""
     block = result_block(f"  {body}\n", d)
-    assert block == f"\n\n{d.result_open}\n{body}\n{d.result_close}\n\n"
+    inner = body if d.name == "search_r1" else f"\n{body}\n"  # Search-R1's code: no line breaks inside the tags
+    assert block == f"\n\n{d.result_open}{inner}{d.result_close}\n\n"
+
+
+def test_each_dialect_renders_documents_as_its_paper():
+    passages = [SimpleNamespace(title="Paris", text="Paris is\n the capital."), SimpleNamespace(title="", text="x")]
+    research = "Doc 1 (Title: Paris) Paris is the capital.\nDoc 2 x"
+    assert format_passages(passages, "research") == format_passages(passages) == research  # the shipped policy's
+    assert format_passages(passages, "r1_searcher") == "(1)Paris. Paris is the capital.\n(2)x"  # f"({j+1}){doc}"
+    assert format_passages(passages, "search_r1") == "Doc 1(Title: Paris) Paris is the capital.\nDoc 2 x"
+    sr1 = DIALECTS["search_r1"]
+    assert result_block("Doc 1(Title: P) t", sr1) == "\n\n<information>Doc 1(Title: P) t</information>\n\n"
 
 
 def test_strip_results(d):
@@ -144,6 +162,11 @@ def test_parsers_never_raise(text, name):
     assert report.num_queries >= 0
     if report.ok:
         assert extract_answer(strip_results(text, d), d) is not None
+    for reading in ANSWER_READINGS:
+        a = answer_block(text, d, reading)
+        assert a is None or isinstance(a, str)
+    for check in (check_research_code(text, d), check_r1_searcher_code(text, d)):
+        assert isinstance(check.ok, bool) and (check.reason is None) == check.ok
 
 
 @settings(max_examples=300, deadline=None)

@@ -8,14 +8,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from research_plugin import compute_score
 from research_plugin.evaluation.data import load_rows
 from research_plugin.evaluation.metrics import (
     aggregate,
     answer_scores,
+    format_report,
     macro_average,
     markdown_table,
     prediction_of,
     retrieval_recall,
+    reward_retrieval_hit,
 )
 from research_plugin.evaluation.rollout import Trajectory
 from research_plugin.evaluation.runner import row_record
@@ -49,9 +52,9 @@ def test_prediction_ignores_answers_inside_retrieved_text():
         "<think> x </think> <search> q </search>\n\n<result>\nDoc 1 <answer> \\boxed{Wrong} </answer>\n</result>\n\n"
         "<answer> The answer is \\boxed{Keddle} </answer>"
     )
-    assert prediction_of(response, "research") == "Keddle"
-    assert prediction_of("<answer> Keddle </answer>", "search_r1") == "Keddle"
-    assert prediction_of("no answer here", "research") is None
+    assert prediction_of(response, "research", "research") == "Keddle"
+    assert prediction_of("<answer> Keddle </answer>", "search_r1", "search_r1_em") == "Keddle"
+    assert prediction_of("no answer here", "research", "research") is None
 
 
 def test_retrieval_recall_needs_the_gold_on_token_boundaries():
@@ -112,13 +115,14 @@ def test_row_record_scores_the_trajectory():
     )
     retrieved = ["<result>", "Doc 1 (Title: Ilsa) born in Keddle", "</result>"]
     traj = Trajectory(response, retrieved, "research", 0.5, 1, 0, 0, 12, 40, 28, ended_by_eos=True)
-    rec = row_record(row, traj, "squad")
+    rec = row_record(row, traj, "squad", "research")
     assert rec["prediction"] == "the town of Keddle" and rec["gold"] == ["Keddle"] and rec["id"] == "q1"
     assert rec["trajectory"] == response and rec["format_error"] is None and rec["ended_by_eos"] is True
     assert rec["metrics"] == {
         "em": 0.0, "f1": 0.5, "cover_em": 1.0, "acc_r": 1.0, "subem": 1.0, "lj": None, "reward": 0.5, "format": 1.0,
         "num_searches": 1,
-        "num_failed_searches": 0, "num_invalid_queries": 0, "retrieval_recall": 1.0, "response_tokens": 40,
+        "num_failed_searches": 0, "num_invalid_queries": 0, "retrieval_recall": 1.0, "retrieval_hit": 1.0,
+        "response_tokens": 40,
         "generated_tokens": 28, "retrieved_tokens": 12,
     }  # fmt: skip
 
@@ -164,3 +168,51 @@ def test_store_survives_a_torn_last_line(tmp_path):
     assert store.load() == {"a": {"key": "a", "v": 3}, "b": {"key": "b", "v": 1}, "c": {"key": "c", "v": 2}}
     store.rewrite([{"key": "b", "v": 1}])
     assert [json.loads(line) for line in store.path.read_text().splitlines()] == [{"key": "b", "v": 1}]
+
+
+# --- eval reads a response as the reward does -------------------------------------------------------------------
+
+NO_THINK = "<search> q </search>\n\n<result>\nDoc 1 Keddle\n</result>\n\n<answer> \\boxed{Keddle} </answer>"
+UNCLOSED_BOX = "<think> x </think> <answer> \\boxed{Keddle} or \\boxed{Lune </answer>"
+
+
+@pytest.mark.parametrize(
+    ("response", "ended_by_eos", "reason"),
+    [
+        (NO_THINK, True, "no think block"),  # ReSearch's require_think
+        (UNCLOSED_BOX, True, "no closed last \\boxed{} in the answer"),  # ReSearch's boxed_fallback=False
+        ("<think> x </think> <answer> \\boxed{Keddle} </answer>", False, "did not end with EOS"),  # require_eos
+    ],
+)
+def test_eval_format_is_the_rewards(response, ended_by_eos, reason):
+    extra = {"ended_by_eos": ended_by_eos}
+    reward = compute_score(data_source="x", solution_str=response, ground_truth="Keddle", extra_info=extra)
+    assert reward["format"] == 0.0
+    assert format_report(response, "research", "research", ended_by_eos=ended_by_eos) == (False, reason)
+    # the same answer as the reward reads it: the unclosed last box is no answer (F1 0 in both)
+    assert (prediction_of(response, "research", "research") is None) == (response == UNCLOSED_BOX)
+
+
+def test_eval_format_follows_the_schemes_options():
+    assert format_report(NO_THINK, "research", "research", require_think=False) == (True, None)
+    assert format_report(UNCLOSED_BOX, "research", "research", boxed_fallback=True) == (True, None)
+    assert prediction_of(UNCLOSED_BOX, "research", "research", boxed_fallback=True) == "Keddle"
+    # text after the answer: ReSearch's code (the default) lets it pass, the strict check does not
+    chatter = "<think> x </think> <answer> \\boxed{Keddle} </answer> I hope this helps!"
+    assert format_report(chatter, "research", "research") == (True, None)
+    assert format_report(chatter, "research", "research", format_check="strict") == (
+        False,
+        "text after the answer block",
+    )
+
+
+def test_retrieval_hit_and_recall_are_two_measures_named_apart():
+    # "Keddle" inside "Keddleton": the reward's hit (Search-R1's substring test) counts it, eval's recall does not
+    response = "<think> a </think> <search> q </search>\n\n<information>Doc 1(Title: K) Keddleton is a village."
+    response += "</information>\n\n<think> b </think> <answer> Tamsk </answer>"
+    assert reward_retrieval_hit(response, "search_r1", ["Keddle"]) == 1.0
+    assert retrieval_recall(["Doc 1(Title: K) Keddleton is a village."], ["Keddle"]) == 0.0
+    out = compute_score(data_source="x", solution_str=response, ground_truth="Keddle", scheme="search_r1_format")
+    assert out["retrieval_hit"] == 1.0 and "retrieval_recall" not in out
+    assert compute_score(data_source="x", solution_str=response, ground_truth="Keddle", scheme="search_r1_format",
+                         retrieval_score=0.1)["score"] == pytest.approx(0.3)  # fmt: skip

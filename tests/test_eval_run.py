@@ -192,7 +192,7 @@ def test_scripted_policy_scores_known_values_with_the_judge(tiny_model_dir, toke
                 r["metrics"]["generated_tokens"] + r["metrics"]["retrieved_tokens"] == r["metrics"]["response_tokens"]
             )
         lost = rows[QUESTIONS[4]["id"]]
-        assert lost["prediction"] is None and lost["format_error"] == "no answer block"
+        assert lost["prediction"] is None and lost["format_error"] == "no think block"  # as the reward checks it
         assert lost["metrics"]["num_searches"] == 0 and lost["metrics"]["lj"] == 0.0
 
         hotpot, nq = summary["benchmarks"]["hotpotqa"], summary["benchmarks"]["nq"]

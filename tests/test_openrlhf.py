@@ -30,6 +30,7 @@ from openrlhf.utils.agent import AgentExecutorBase, MultiTurnAgentExecutor  # no
 from research_plugin import compute_score  # noqa: E402
 from research_plugin.core.dialects import DIALECTS  # noqa: E402
 from research_plugin.core.rewards import SCHEMES  # noqa: E402
+from research_plugin.core.search_step import SearchAgentConfig  # noqa: E402
 from research_plugin.openrlhf.agent import AgentExecutor, AgentSettings, load_settings, parse_label  # noqa: E402
 from research_plugin.recipes import recipes_dir  # noqa: E402
 
@@ -99,6 +100,67 @@ def test_prepared_rows_are_what_openrlhfs_dataset_reads(tmp_path, tiny_model_dir
     assert parse_label("Paris") == {"answers": "Paris"} and parse_label('{"answers": ["a"]}') == {"answers": ["a"]}
 
 
+def verl_loop(tokenizer, search_agent=None, scheme=None):
+    """verl's agent loop as its worker builds it, under a trainer config with these settings."""
+    from omegaconf import OmegaConf
+    from verl.experimental.agent_loop.agent_loop import DictConfigWrap
+
+    from research_plugin.verl.agent_loop import SearchAgentLoop
+
+    config = {"actor_rollout_ref": {"rollout": {"response_length": 64, "prompt_length": 64}}}
+    if search_agent is not None:
+        config["search_agent"] = search_agent
+    if scheme is not None:
+        config["reward"] = {"custom_reward_function": {"reward_kwargs": {"scheme": scheme}}}
+
+    async def build():  # verl objects capture the running event loop
+        return SearchAgentLoop(trainer_config=DictConfigWrap(OmegaConf.create(config)), server_manager=None,
+                               tokenizer=tokenizer, processor=None, dataset_cls=None,
+                               data_config=DictConfigWrap(OmegaConf.create({})))  # fmt: skip
+
+    return asyncio.run(build())
+
+
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+def test_a_prepared_row_means_the_same_in_verl_and_openrlhf(scheme, tmp_path, tokenizer):
+    """The same rows, written by ``research-plugin prepare``, resolved by verl's agent loop (from ``extra_info``)
+    and by OpenRLHF's executor (from ``label``), under the same framework settings: the same search settings and
+    think block, in the dialect the row's prompt was written in."""
+    import pandas as pd
+
+    from research_plugin.prepare import Source, prepare
+
+    dialect = SCHEMES[scheme].dialect
+    out = tmp_path / "rows.parquet"
+    fixture = Path(__file__).parent / "fixtures" / "prepare" / "popqa_test.jsonl"
+    prepare([Source("popqa", fixture)], out, dialect=dialect, scheme=scheme, template="base", sample=2)
+    rows = pd.read_parquet(out).to_dict("records")
+    other = "research" if dialect != "research" else "search_r1"
+    hand_made = {"answers": ["x"], "scheme": scheme, "search": {"max_searches": 2}}  # no dialect: the scheme's
+    both = {"answers": ["x"], "dialect": dialect, "search": {"dialect": other}}  # the row's dialect wins
+    cases = [(r["extra_info"], r["label"]) for r in rows] + [(info, json.dumps(info)) for info in (hand_made, both)]
+    frameworks = [  # (search_agent settings, reward scheme): none; others that name another dialect and scheme
+        (None, None),
+        ({"dialect": other, "top_k": 3}, "search_r1_em"),
+    ]
+    for search_agent, framework_scheme in frameworks:
+        loop = verl_loop(tokenizer, search_agent, framework_scheme)
+        reward = {"scheme": framework_scheme} if framework_scheme else {}
+        executor = AgentExecutor(AgentSettings(search_agent or {}, reward), reap_shared_memory=False)
+        for info, label in cases:
+            in_verl, in_openrlhf = loop._settings_for(info), executor.episode(label, tokenizer)
+            assert in_verl.search == in_openrlhf.step.cfg
+            assert in_verl.opens_think == in_openrlhf.opens_think == bool(info.get("opens_think"))
+            assert (
+                in_verl.scheme == in_openrlhf.reward["scheme"] == (framework_scheme or info.get("scheme", "research"))
+            )
+            want = info.get("dialect") or SCHEMES[framework_scheme or info["scheme"]].dialect
+            if info is hand_made and search_agent:
+                want = search_agent["dialect"]  # the framework's setting beats the scheme's dialect
+            assert in_verl.search.dialect == want
+            assert in_verl.search.top_k == (search_agent or {}).get("top_k", SearchAgentConfig.top_k)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # OpenRLHF's executor with a scripted engine speaking vLLM's types: every dialect, every scheme
 # ---------------------------------------------------------------------------------------------------------------
@@ -133,14 +195,17 @@ class ScriptedEngine:
 def two_searches(d):
     boxed = "\\boxed{Keddle}" if d.boxed else "Keddle"
 
+    def think(text):  # R1-Searcher's code wants exactly one think block; the others one before each step
+        return f"{d.think_open} {text} {d.think_close} " if d.name != "r1_searcher" else ""
+
     def script(prompt_text):
         n = prompt_text.count(d.result_open)  # results so far (the prompt carries none)
         if n == 0:
             query = f"{d.query_open} Orvell Glassworks founder {d.query_close}"
             return f"{d.think_open} Who founded it? {d.think_close} {query} and more"
         if n == 1:
-            return f"{d.think_open} Where was she born? {d.think_close} {d.query_open} Ilsa Marrow born {d.query_close}"
-        return f"{d.think_open} Done. {d.think_close} {d.answer_open} {boxed} {d.answer_close}<|im_end|>"
+            return f"{think('Where was she born?')}{d.query_open} Ilsa Marrow born {d.query_close}"
+        return f"{think('Done.')}{d.answer_open} {boxed} {d.answer_close}<|im_end|>"
 
     return script
 
@@ -215,7 +280,7 @@ def test_a_truncated_episode_and_a_prompt_that_opens_a_think_block(tokenizer, mi
     def script(prompt_text):
         if d.result_open not in prompt_text.split("Assistant:")[-1]:
             return f" Find the founder. {d.think_close} {d.query_open} Orvell Glassworks founder {d.query_close}"
-        return f"{d.think_open} ok {d.think_close} {d.answer_open} Ilsa Marrow {d.answer_close}<|im_end|>"
+        return f" {d.answer_open} Ilsa Marrow {d.answer_close}<|im_end|>"  # R1-Searcher's code: one think block
 
     out, engine = run_episode(executor, tokenizer, script, label)
     prompt_end = out["action_ranges"][0][0]
@@ -223,6 +288,64 @@ def test_a_truncated_episode_and_a_prompt_that_opens_a_think_block(tokenizer, mi
     assert out["reward"] == pytest.approx(1.0) and out["extra_logs"]["format"] == 1.0
     short, _ = run_episode(executor, tokenizer, script, label, max_length=prompt_end + 8)  # the budget ends it
     assert short["truncated"] and short["extra_logs"]["truncated"] == 1.0 and short["reward"] < 0
+
+
+@pytest.mark.parametrize(("scheme", "cut_off_score"), [("research", 0.0), ("r1_stage2", -2.0)])
+def test_a_result_block_that_fills_the_budget_gives_a_scored_episode_the_replay_buffer_takes(
+    scheme, cut_off_score, tokenizer, mini_corpus
+):
+    """OpenRLHF's executor ends an episode whose result block uses up the length budget without another ``step()``:
+    the episode still gets its scheme's score for a cut-off response and the log keys of a finished one, so OpenRLHF's
+    own batching and replay-buffer split take it beside a finished episode."""
+    from openrlhf.trainer.ppo_utils.experience import Experience, split_experience_batch
+
+    d = DIALECTS[SCHEMES[scheme].dialect]
+    retriever = {"type": "bm25", "corpus": str(mini_corpus)}
+    executor = AgentExecutor(AgentSettings({"retriever": retriever, "top_k": 2}, {"scheme": scheme}), False)
+    label = json.dumps({"answers": ["Keddle"], "data_source": "demo"})
+    finished, _ = run_episode(executor, tokenizer, two_searches(d), label)
+    first_action_end = finished["action_ranges"][0][1]
+    cut, engine = run_episode(executor, tokenizer, two_searches(d), label, max_length=first_action_end + 4)
+
+    assert len(engine.params) == 1 and len(cut["action_ranges"]) == 1  # one action, its result block, no more step
+    assert len(cut["observation_tokens"]) > first_action_end + 4  # the block went past the budget
+    assert d.result_open in tokenizer.decode(cut["observation_tokens"][first_action_end:])
+    assert finished["reward"] > cut_off_score and not finished["truncated"]
+    assert cut["reward"] == cut["scores"] == cut_off_score and cut["truncated"]
+    assert cut["extra_logs"].keys() == finished["extra_logs"].keys()
+    assert cut["extra_logs"]["truncated"] == 1.0 and cut["extra_logs"]["num_searches"] == 1.0
+
+    batch = Experience.concat_experiences([experience_of(finished), experience_of(cut)], tokenizer.pad_token_id)
+    first, second = split_experience_batch(batch)  # OpenRLHF's replay buffer splits every batch so
+    assert first.info.keys() == second.info.keys()
+    assert first.rewards.item() == pytest.approx(finished["reward"]) and second.rewards.item() == cut_off_score
+    assert second.info["score"].item() == cut_off_score and second.truncated.item()
+
+
+def test_every_step_returns_the_standing_score_so_the_executors_sum_is_the_score(tokenizer, mini_corpus):
+    """OpenRLHF sums the steps' rewards and keeps the last step's scores and logs: a search step carries the score of
+    the episode cut off there, the final step the difference to the final score."""
+    d = DIALECTS["r1_searcher"]
+    settings = AgentSettings({"retriever": {"type": "bm25", "corpus": str(mini_corpus)}}, {"scheme": "r1_stage2"})
+    executor = AgentExecutor(settings, reap_shared_memory=False)
+    steps = []
+
+    class Recording(executor.agent_instance_cls):
+        async def step(self, states, **kwargs):
+            result = await super().step(states, **kwargs)
+            steps.append(result)
+            return result
+
+    executor.agent_instance_cls = Recording
+    out, _ = run_episode(executor, tokenizer, two_searches(d), json.dumps({"answers": ["Keddle"]}))
+    assert [s["done"] for s in steps] == [False, False, True]
+    final = steps[-1]["scores"].item()
+    assert [s["scores"].item() for s in steps] == [-2.0, -2.0, final]  # cut off after a search: no answer, no format
+    assert [s["rewards"].item() for s in steps] == [-2.0, 0.0, final + 2.0] and final > -2.0
+    assert [s["extra_logs"]["num_searches"] for s in steps] == [1.0, 2.0, 2.0]
+    assert len({tuple(s["extra_logs"]) for s in steps}) == 1
+    assert out["reward"] == pytest.approx(final) and out["scores"] == final
+    assert out["extra_logs"] == steps[-1]["extra_logs"]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -155,6 +155,82 @@ def test_search_r1_state_machine():
     assert check_search_r1_sequence(sr1("x", passage="doc <answer> y </answer>")).ok
 
 
+# --- each paper's own format check and answer reading (format_check="original", every scheme's default) ----------
+
+
+@pytest.mark.parametrize(
+    ("text", "original", "strict"),
+    [
+        # the case: text after the closing answer tag (ReSearch's code: 1)
+        ("<think> x </think> <answer> \\boxed{1999} </answer> I hope this helps!", 1.0, 0.0),
+        # the answer inside the think block
+        ("<think> x <answer> \\boxed{1999} </answer> </think>", 1.0, 0.0),
+        # misordered: the think block after the answer
+        ("<answer> \\boxed{1999} </answer> <think> x </think>", 1.0, 0.0),
+        # what ReSearch's code also refuses: two answers, a query without its result, a second "Assistant:" turn
+        ("<think> x </think> <answer> \\boxed{1} </answer> <answer> \\boxed{1999} </answer>", 0.0, 0.0),
+        ("<think> x </think> <search> q </search> <answer> \\boxed{1999} </answer>", 0.0, 0.0),
+        ("<think> x </think> <answer> \\boxed{1999} </answer>\nUser: thanks\nAssistant: you are welcome", 0.0, 0.0),
+    ],
+)
+def test_research_format_check_of_its_code(text, original, strict):
+    assert score(text, "1999")["score"] == original  # the default: ReSearch's validate_format
+    assert score(text, "1999", format_check="strict")["score"] == strict
+
+
+@pytest.mark.parametrize(
+    ("text", "original", "strict"),
+    [
+        (f" x {R1.think_close} {R1.answer_open} Madison {R1.answer_close} I hope this helps!", 1.0, -1.0),
+        (f" x {R1.answer_open} Madison {R1.answer_close} {R1.think_close}", 1.0, -1.0),  # answer inside the think
+        (
+            f" x {R1.think_close} {R1.query_open} q {R1.query_close} {R1.answer_open} Madison {R1.answer_close}",
+            -1.0,
+            -1.0,
+        ),  # a query without its documents  # fmt: skip
+        (f" x {R1.think_close} <think> y {R1.think_close} {R1.answer_open} Madison {R1.answer_close}", -1.0, 1.0),
+    ],
+)
+def test_r1_format_check_of_its_code(text, original, strict):
+    kw = dict(scheme="r1_stage2", opens_think=True)
+    assert score(text, "Madison", **kw)["score"] == original  # its stage-2 server's tag counting
+    assert score(text, "Madison", format_check="strict", **kw)["score"] == strict
+
+
+def test_r1_stage2_penalises_a_chinese_character_outside_the_documents():
+    # the case: F1 2/3, and a CJK character in the think block: R1-Searcher's code -1.33, before 0.67
+    text = f" 想一想 {R1.think_close} {R1.answer_open} James Madison Jr Esq {R1.answer_close}"
+    assert score(text, "James Madison", scheme="r1_stage2", opens_think=True)["score"] == pytest.approx(2 / 3 - 2)
+    assert score(text, "James Madison", scheme="r1_stage2", opens_think=True, forbid_cjk=False)["score"] == (
+        pytest.approx(2 / 3)
+    )
+    # inside the documents it is no fault; kana and hangul are outside the range its code tests
+    docs = f" x {R1.think_close} {R1.query_open} q {R1.query_close}" + result_block("(1)東京. Tokyo", R1)
+    assert (
+        score(docs + f"{R1.answer_open} Tokyo {R1.answer_close}", "Tokyo", scheme="r1_stage2", opens_think=True)[
+            "score"
+        ]
+        == 1.0
+    )
+    kana = f" とうきょう {R1.think_close} {R1.answer_open} Tokyo {R1.answer_close}"
+    assert score(kana, "Tokyo", scheme="r1_stage2", opens_think=True)["score"] == 1.0
+    assert score(text, "James Madison", scheme="r1_stage1", opens_think=True)["format"] == 1.0  # stage 1: no check
+
+
+def test_r1_reads_the_text_after_the_last_answer_open_tag():
+    # its code: split(open)[-1].split(close)[0]; here the last answer is unclosed (and the format wrong: -2)
+    text = f" x {R1.think_close} {R1.answer_open} Monroe {R1.answer_close} {R1.answer_open} James Madison"
+    assert score(text, "James Madison", scheme="r1_stage2", opens_think=True)["score"] == -1.0
+    assert score(text, "James Madison", scheme="r1_stage2", opens_think=True, format_check="strict")["score"] == -2.0
+
+
+def test_search_r1_reads_a_nested_answer_as_its_regex_does():
+    # `<answer>(.*?)</answer>`: the first open tag runs to the first close tag
+    text = "<think> a </think> <answer> Monroe <answer> James Madison </answer>"
+    assert score(text, "James Madison", scheme="search_r1_em")["score"] == 0.0  # "monroe answer james madison"
+    assert score(text, "James Madison", scheme="search_r1_em", format_check="strict")["score"] == 1.0
+
+
 # --- properties --------------------------------------------------------------------------------------------------
 
 options = st.fixed_dictionaries(
@@ -171,6 +247,8 @@ options = st.fixed_dictionaries(
         "structure_format_score": st.floats(0, 1),
         "final_format_score": st.floats(0, 1),
         "retrieval_score": st.floats(0, 1),
+        "format_check": st.sampled_from(["strict", "original"]),
+        "forbid_cjk": st.booleans(),
         "eos_token": st.sampled_from(["<|im_end|>", "</s>"]),
     },
 )

@@ -227,6 +227,7 @@ def test_the_vllm_cpu_rollout_engine_applies_to_the_cpu_recipe():
     assert (rollout.name, rollout.dtype, rollout.enable_sleep_mode) == ("vllm", "float32", False)
     assert rollout.engine_kwargs.vllm.worker_extension_cls == WORKER_EXTENSION
     assert config.ray_kwargs.ray_init.runtime_env.env_vars.VLLM_CPU_KVCACHE_SPACE == "1"
+    assert config.ray_kwargs.ray_init.runtime_env.env_vars.VERL_PLATFORM == "cpu"  # the recipe's platform stays
     assert config.trainer == base.trainer and config.search_agent == base.search_agent
     assert config.reward == base.reward and config.actor_rollout_ref.actor == base.actor_rollout_ref.actor
 

@@ -20,6 +20,7 @@ from verl.workers.rollout.replica import RolloutReplicaRegistry
 from verl.trainer.ppo.v1 import trainer_base
 import verl.utils.distributed as dist
 import verl.workers.engine_workers as engine_workers
+import verl.trainer.main_ppo as main_ppo
 print(json.dumps({"entry": entry, "cls": cls.__name__ if cls else None,
                   "base": [b.__name__ for b in cls.__mro__] if cls else [],
                   "platform": getattr(PlatformRegistry.get("cpu"), "__name__", None),
@@ -27,7 +28,8 @@ print(json.dumps({"entry": entry, "cls": cls.__name__ if cls else None,
                   "rollout": _ROLLOUT_REGISTRY.get(("hf", "async")),
                   "trainers": sorted(k for k in trainer_base.TRAINER_REGISTRY if k.startswith("search_")),
                   "pg_hook": [getattr(m.initialize_global_process_group_ray, "research_plugin_cpu", False)
-                              for m in (dist, engine_workers)]}))
+                              for m in (dist, engine_workers)],
+                  "select_hook": getattr(main_ppo.auto_set_device, "research_plugin_cpu", False)}))
 """
 
 
@@ -57,9 +59,11 @@ def test_import_verl_registers_cpu_platform_hf_rollout_and_trainer_modes():
     assert got["trainers"] == ["search_colocate_async", "search_separate_async", "search_sync"]
     # verl's process-group helper is hooked, also where a verl module bound it by name
     assert got["pg_hook"] == [True, True]
+    # and the launcher's auto_set_device, where a config selects the cpu platform (test_cpu_platform.py)
+    assert got["select_hook"] is True
 
 
 def test_registration_comes_from_the_entry_point():
     got = probe(VERL_USE_EXTERNAL_PLUGINS="none")
     assert got["entry"] is None and got["platform"] is None and not got["replica"] and got["trainers"] == []
-    assert got["pg_hook"] == [False, False]
+    assert got["pg_hook"] == [False, False] and got["select_hook"] is False

@@ -16,7 +16,7 @@ def response(d, ans="Eiffel Tower", searches=1, well_formed=True):
     for i in range(searches):
         text += f"{d.query_open} query {i} {d.query_close}" + result_block("Doc 1 (Title: Paris) ...", d)
     text += f"{d.answer_open} {body} {d.answer_close}"
-    return text if well_formed else text + " trailing chatter"
+    return text if well_formed else f"{d.answer_open} draft {d.answer_close} " + text  # two answers: every check fails
 
 
 def score(text, gold, **kw):
@@ -39,6 +39,7 @@ def test_research_scheme():
             "acc_r": 0.0,
             "subem": 0.0,
             "format": 0.0,
+            "retrieval_hit": 0.0,
             "truncated": 0.0,
             "num_searches": 0,
             "num_failed_searches": 0.0,
@@ -106,7 +107,10 @@ def test_dialect_resolution():
     assert score(response(SEARCH_R1), "Eiffel Tower", dialect=SEARCH_R1)["format"] == 1.0
     # r1 schemes default to the r1_searcher dialect, search_r1_em to search_r1
     assert score(r1_text, "Eiffel Tower", scheme="r1_stage2")["format"] == 1.0
-    assert score(response(SEARCH_R1), "Eiffel Tower", scheme="search_r1_em")["format"] == 1.0
+    assert score(response(SEARCH_R1), "Eiffel Tower", scheme="search_r1_em")["em"] == 1.0
+    # its format is Search-R1's state machine, which wants a think block between the information and the answer
+    assert score(response(SEARCH_R1), "Eiffel Tower", scheme="search_r1_em")["format"] == 0.0
+    assert score(response(SEARCH_R1), "Eiffel Tower", scheme="search_r1_em", format_check="strict")["format"] == 1.0
     with pytest.raises(ValueError, match="unknown dialect"):
         score(r1_text, "x", dialect="nope")
 
@@ -181,3 +185,12 @@ def test_bad_options():
         score("x", "x", scheme="r1_stage2", metric="bleu")
     with pytest.raises(ValueError, match="normalization"):
         score("x", "x", normalization="lower")
+
+
+def test_a_rows_scheme_is_used_when_the_reward_names_none():
+    """verl's reward gets a prepared row's ``extra_info``: its scheme scores when ``reward_kwargs`` sets none
+    (OpenRLHF's agent does the same), and an explicit scheme wins."""
+    bad = "no tags at all"
+    assert compute_score("x", bad, ["y"], extra_info={"scheme": "r1_stage2"})["score"] == -2.0
+    assert compute_score("x", bad, ["y"], extra_info={})["score"] == 0.0  # research
+    assert compute_score("x", bad, ["y"], extra_info={"scheme": "r1_stage2"}, scheme="research")["score"] == 0.0

@@ -116,12 +116,15 @@ def cover_exact_match(pred: str | None, golds: Any, normalization: str = "squad"
 
 def token_cover_match(pred: str | None, golds: Any, normalization: str = "squad") -> float:
     """1.0 if every token of some normalised gold is among the normalised prediction's tokens, in any order and
-    counted once (R1-Searcher's Cover-EM, its ACC_R: "madison james" covers "james madison"). As in their code, a
-    gold that normalises to nothing is covered by any prediction."""
+    counted once (R1-Searcher's Cover-EM, its ACC_R: "madison james" covers "james madison"). As in their code
+    (which splits on single spaces, so an empty string is the one token ``""``), a gold that normalises to nothing
+    ("A", "The") is covered only by a prediction that normalises to nothing."""
     if pred is None:
         return 0.0
-    p = set(normalize_answer(pred, normalization).split())
-    return float(any(all(t in p for t in normalize_answer(g, normalization).split()) for g in as_gold_list(golds)))
+    p = set(normalize_answer(pred, normalization).split()) or {""}
+    return float(
+        any(all(t in p for t in normalize_answer(g, normalization).split() or [""]) for g in as_gold_list(golds))
+    )
 
 
 def substring_exact_match(pred: str | None, golds: Any, normalization: str = "squad") -> float:

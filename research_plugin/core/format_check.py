@@ -13,6 +13,13 @@ Options follow the papers' code: ``opens_think`` (the prompt ended with the thin
 the response starts inside a think block), ``require_think`` (at least one closed think block, as ReSearch's code
 requires) and ``boxed_fallback`` (False: an unclosed last ``\\boxed{`` fails even after a closed one, as ReSearch's
 code has it). :func:`check_search_r1_sequence` is Search-R1's stricter state machine (``is_valid_sequence``).
+
+The papers' own checks count tags instead of scanning them in order, and the rewards offer them as
+``format_check="original"``: :func:`check_research_code` (ReSearch's ``validate_format``) and
+:func:`check_r1_searcher_code` (R1-Searcher's stage-2 reward server); with Search-R1's state machine these accept
+text after the answer, an answer inside a think block and tags out of order where the paper's code does. Every
+check treats result blocks as opaque (the papers' code also counts tags inside retrieved documents: a flaw not
+copied).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import re
 from dataclasses import dataclass
 from functools import cache
 
-from .dialects import Dialect, extract_boxed, get_dialect
+from .dialects import Dialect, extract_boxed, get_dialect, strip_results
 
 
 @dataclass(frozen=True)
@@ -158,3 +165,85 @@ def check_search_r1_sequence(text: str, dialect: str | Dialect = "search_r1") ->
     if text[pos:].strip():
         return FormatReport(False, "text after the answer block", num_queries)
     return FormatReport(True, None, num_queries)
+
+
+ASSISTANT_TURN = "Assistant:"
+"""ReSearch's code splits prompt + response at this marker (base template) and scores the piece after the first
+one; a response that writes it again is cut there, never ends with EOS, and scores 0."""
+
+
+def check_research_code(
+    text: str,
+    dialect: str | Dialect = "research",
+    *,
+    opens_think: bool = False,
+    require_think: bool = True,
+    boxed_fallback: bool = False,
+) -> FormatReport:
+    """ReSearch's format check (``validate_format`` of its reward code) by tag counting: think tags balanced (at
+    least one pair with ``require_think``), exactly one answer open and close tag in that order, each query followed
+    in order by its close tag and a result block, a ``\\boxed{}`` in the answer (its last box closed unless
+    ``boxed_fallback``), and no second ``Assistant:`` turn (see :data:`ASSISTANT_TURN`). Text after the answer, an
+    answer inside a think block and think tags out of order pass, as in the code; never raises."""
+    d = get_dialect(dialect)
+    own = strip_results(text, d, keep_tags=True)
+    queries = own.count(d.query_close)
+
+    def bad(reason: str) -> FormatReport:
+        return FormatReport(False, reason, queries)
+
+    if ASSISTANT_TURN in own:
+        return bad(f"the response goes on after {ASSISTANT_TURN!r} (ReSearch's code cuts it there)")
+    closes = own.count(d.think_close)
+    if own.count(d.think_open) + opens_think != closes:
+        return bad("think tags do not pair up")
+    if require_think and not closes:
+        return bad("no think block")
+    if own.count(d.answer_open) != 1 or own.count(d.answer_close) != 1:
+        return bad("not exactly one answer open and close tag")
+    pos = 0
+    while (q := own.find(d.query_open, pos)) >= 0:
+        q_end, r = own.find(d.query_close, q), own.find(d.result_open, q)
+        r_end = own.find(d.result_close, r) if r >= 0 else -1
+        if min(q_end, r, r_end) < 0 or not q < q_end < r < r_end:
+            return bad("query not followed by its result block")
+        pos = r_end
+    start, end = own.find(d.answer_open), own.find(d.answer_close)
+    if start > end:
+        return bad("answer close tag before its open tag")
+    if d.boxed and extract_boxed(own[start + len(d.answer_open) : end], boxed_fallback) is None:
+        return bad("no \\boxed{} in the answer" if boxed_fallback else "no closed last \\boxed{} in the answer")
+    return FormatReport(True, None, queries)
+
+
+def check_r1_searcher_code(
+    text: str, dialect: str | Dialect = "r1_searcher", *, opens_think: bool = True
+) -> FormatReport:
+    """R1-Searcher's format check (its stage-2 reward server) by tag counting: as many query open and close tags as
+    document open and close tags, exactly one think block (its prompts open it: ``opens_think``), exactly one
+    answer open and close tag, and no query or document tag in the text after the last answer open tag. Text after
+    the answer, an answer inside the think block and tags out of order pass, as in the code; never raises."""
+    d = get_dialect(dialect)
+    own = strip_results(text, d, keep_tags=True)
+    queries = own.count(d.query_close)
+
+    def bad(reason: str) -> FormatReport:
+        return FormatReport(False, reason, queries)
+
+    counts = {own.count(t) for t in (d.query_open, d.query_close, d.result_open, d.result_close)}
+    if len(counts) > 1:
+        return bad("query and document tags do not pair up")
+    if own.count(d.think_open) + opens_think != 1 or own.count(d.think_close) != 1:
+        return bad("not exactly one think block")
+    if own.count(d.answer_open) != 1 or own.count(d.answer_close) != 1:
+        return bad("not exactly one answer open and close tag")
+    answer = own.rsplit(d.answer_open, 1)[1].split(d.answer_close, 1)[0]
+    if d.query_open in answer or d.result_open in answer:
+        return bad("a query or documents inside the answer")
+    return FormatReport(True, None, queries)
+
+
+def has_cjk(text: str) -> bool:
+    """Some character of ``text`` is a CJK unified ideograph (U+4E00 to U+9FFF, the range R1-Searcher's stage-2
+    code tests; kana and hangul are outside it)."""
+    return any("\u4e00" <= c <= "\u9fff" for c in text)

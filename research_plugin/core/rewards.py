@@ -12,7 +12,7 @@ README has one table per paper: each behaviour of the original code, the option 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -25,8 +25,16 @@ from .answer_metrics import (
     substring_exact_match,
     token_cover_match,
 )
-from .dialects import Dialect, extract_answer, get_dialect, strip_results
-from .format_check import check_format, check_search_r1_sequence
+from .dialects import DIALECTS, Dialect, extract_answer, get_dialect, strip_results
+from .format_check import (
+    FormatReport,
+    check_format,
+    check_r1_searcher_code,
+    check_research_code,
+    check_search_r1_sequence,
+    has_cjk,
+)
+from .settings import as_mapping, check_choice, check_fields, check_keys, convert, to_bool
 
 METRICS: dict[str, Callable[[str | None, Any, str], float]] = {
     "f1": f1_score,
@@ -67,6 +75,11 @@ class Options:
     """Search-R1 format reward (lambda_f): a wrong answer in an invalid sequence."""
     retrieval_score: float = 0.0
     """Search-R1 format reward (lambda_r): added to lambda_s when a retrieved block contains a gold answer."""
+    format_check: str = "original"
+    """``original``: the scheme's paper's own check and answer reading; ``strict``: :func:`.format_check.check_format`,
+    the same tag grammar for every scheme (see :data:`FORMAT_CHECKS`)."""
+    forbid_cjk: bool = False
+    """A CJK ideograph in the policy's own text (documents excepted) fails the format (R1-Searcher's stage-2 code)."""
 
 
 OPTION_NAMES = frozenset(f.name for f in fields(Options))
@@ -82,7 +95,7 @@ class Graded:
     metrics: dict[str, float]
     options: Options
     retrieval_hit: bool = False
-    """Some result block contains a gold answer (normalised substring, as Search-R1's ``is_retrieval_correct``)."""
+    """Some result block contains a gold answer (:func:`retrieval_hit`)."""
 
     @property
     def answer_score(self) -> float:
@@ -139,6 +152,23 @@ def search_r1_format(g: Graded) -> float:
     return o.final_format_score if g.answered else 0.0
 
 
+def research_code(text: str, d: Dialect, o: Options, opens_think: bool) -> FormatReport:
+    """ReSearch's ``validate_format`` (see :func:`.format_check.check_research_code`)."""
+    return check_research_code(
+        text, d, opens_think=opens_think, require_think=o.require_think, boxed_fallback=o.boxed_fallback
+    )
+
+
+def r1_searcher_code(text: str, d: Dialect, o: Options, opens_think: bool) -> FormatReport:
+    """R1-Searcher's stage-2 reward server's tag counting (see :func:`.format_check.check_r1_searcher_code`)."""
+    return check_r1_searcher_code(text, d, opens_think=opens_think)
+
+
+def search_r1_code(text: str, d: Dialect, o: Options, opens_think: bool) -> FormatReport:
+    """Search-R1's ``is_valid_sequence`` (see :func:`.format_check.check_search_r1_sequence`)."""
+    return check_search_r1_sequence(text, d)
+
+
 @dataclass(frozen=True)
 class Scheme:
     score: Callable[[Graded], float]
@@ -146,14 +176,30 @@ class Scheme:
     defaults: Options = field(default_factory=Options)
     bounds: tuple[float, float] = (0.0, 1.0)
     """The lowest and highest score with the default options (property-tested)."""
+    original_check: Callable[[str, Dialect, Options, bool], FormatReport] = research_code
+    """The format check of the paper's code (``format_check="original"``)."""
+    original_reading: str = "last_block"
+    """How the paper's code finds the answer block (``format_check="original"``; :data:`.dialects.ANSWER_READINGS`)."""
 
 
+FORMAT_CHECKS = ("strict", "original")
+"""``format_check`` values. ``strict`` scans the tags in order (:func:`.format_check.check_format`: one answer
+block outside any think block, nothing after it, queries each followed by a result block) and reads the last
+closed answer block. ``original`` is the scheme's paper's code: ReSearch's and R1-Searcher's tag counting, which
+let text after the answer, an answer inside a think block and misordered tags pass, and Search-R1's state
+machine; with that code's answer reading (R1-Searcher: the text after the last answer open tag; Search-R1: its
+non-greedy regex). Each scheme defaults to ``original``, as its paper's code."""
+
+_R1 = {"original_check": r1_searcher_code, "original_reading": "after_last_open"}
+_SEARCH_R1 = {"original_check": search_r1_code, "original_reading": "first_close"}
 SCHEMES: dict[str, Scheme] = {
     "research": Scheme(research, "research", Options(require_eos=True, require_think=True, boxed_fallback=False)),
-    "r1_stage1": Scheme(r1_stage1, "r1_searcher", Options(metric="acc_r", normalization="r1_searcher")),
-    "r1_stage2": Scheme(r1_stage2, "r1_searcher", Options(normalization="r1_searcher"), bounds=(-2.0, 1.0)),
-    "search_r1_em": Scheme(search_r1_em, "search_r1", Options(metric="em")),
-    "search_r1_format": Scheme(search_r1_format, "search_r1", Options(metric="em")),
+    "r1_stage1": Scheme(r1_stage1, "r1_searcher", Options(metric="acc_r", normalization="r1_searcher"), **_R1),
+    "r1_stage2": Scheme(
+        r1_stage2, "r1_searcher", Options(normalization="r1_searcher", forbid_cjk=True), (-2.0, 1.0), **_R1
+    ),
+    "search_r1_em": Scheme(search_r1_em, "search_r1", Options(metric="em"), **_SEARCH_R1),
+    "search_r1_format": Scheme(search_r1_format, "search_r1", Options(metric="em"), **_SEARCH_R1),
 }
 
 
@@ -166,29 +212,64 @@ def _number(extra_info: dict, key: str) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _flag(value: Any) -> bool | None:
-    """A boolean a host recorded (bool, 0/1, numpy bool), or None when it recorded none."""
-    if value is None or isinstance(value, str):
+def _flag(value: Any, row_key: str | None = None) -> bool | None:
+    """A boolean a host or a row recorded (bool, 0/1, numpy bool, "true" / "false"), or None when it recorded none.
+    Other text is None, or an error naming ``extra_info[row_key]`` when the value is a row's setting."""
+    if value is None:
         return None
+    if isinstance(value, str):
+        if row_key is not None:
+            return to_bool(value, f"extra_info[{row_key!r}]", "row")
+        text = value.strip().lower()
+        return text == "true" if text in ("true", "false") else None
     try:
         return bool(value)
     except (TypeError, ValueError):
         return None
 
 
-def scheme_options(scheme: str, **overrides: Any) -> Options:
-    """The options of ``scheme``: its defaults, with the ``overrides`` that are not None; checked."""
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown reward scheme {scheme!r}; known: {sorted(SCHEMES)}")
-    unknown = set(overrides) - OPTION_NAMES
-    if unknown:
-        raise ValueError(f"unknown reward options {sorted(unknown)}; known: {sorted(OPTION_NAMES)}")
-    o = replace(SCHEMES[scheme].defaults, **{k: v for k, v in overrides.items() if v is not None})
-    if o.metric not in METRICS:
-        raise ValueError(f"unknown metric {o.metric!r}; known: {list(METRICS)}")
-    if o.normalization not in NORMALIZATIONS:
-        raise ValueError(f"unknown normalization {o.normalization!r}; known: {list(NORMALIZATIONS)}")
+REWARD_ARGUMENTS = ("scheme", "dialect", "eos_token")
+""":func:`compute_score`'s keyword arguments besides the :class:`Options` fields."""
+HOST_KWARGS = frozenset({"reward_router_address", "reward_model_tokenizer"})
+"""Keyword arguments verl 0.9.1's reward managers add to a ``compute_score`` call besides ``data_source``,
+``solution_str``, ``ground_truth``, ``extra_info`` and the user's ``reward_kwargs`` (when a reward-model router is
+set; ``experimental/reward_loop/reward_manager/{naive,dapo,gdpo,limited,remote}.py``): accepted and unused."""
+COMPUTE_SCORE_WHERE = (
+    "compute_score's keyword arguments (verl: reward.custom_reward_function.reward_kwargs; OpenRLHF: the agent "
+    "settings' reward)"
+)
+
+
+def scheme_options(scheme: str, *, where: str = "reward options", **overrides: Any) -> Options:
+    """The options of ``scheme``: its defaults, with the ``overrides`` that are not None; each checked against its
+    :class:`Options` field (an unknown name, a wrong type or an unknown metric / normalisation raises a
+    :class:`~.settings.SettingsError` naming it and ``where`` it came from; "false" and "0.5" are read as
+    false and 0.5, as :mod:`.settings` says)."""
+    check_choice(scheme, SCHEMES, where, "reward scheme")
+    check_keys(overrides, OPTION_NAMES, where, "reward options")
+    given = check_fields(Options, {k: v for k, v in overrides.items() if v is not None}, where, "reward options")
+    o = replace(SCHEMES[scheme].defaults, **given)
+    check_choice(o.metric, METRICS, where, "metric")
+    check_choice(o.normalization, NORMALIZATIONS, where, "normalization")
+    check_choice(o.format_check, FORMAT_CHECKS, where, "format_check")
     return o
+
+
+def check_reward_kwargs(kwargs: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
+    """:func:`compute_score`'s keyword arguments as a user wrote them (verl's ``reward_kwargs``, OpenRLHF's
+    ``reward`` settings), checked as a call would check them, before any response is scored; returned converted
+    (``"false"`` -> False)."""
+    kwargs = {k: v for k, v in as_mapping(kwargs, where).items() if k not in HOST_KWARGS}
+    check_keys(kwargs, [*REWARD_ARGUMENTS, *OPTION_NAMES], where, "reward options")
+    out = dict(kwargs)
+    if kwargs.get("dialect") is not None:
+        check_choice(kwargs["dialect"], DIALECTS, where, "dialect")
+    if kwargs.get("eos_token") is not None:
+        convert(kwargs["eos_token"], str, "eos_token", where)
+    options = {k: v for k, v in kwargs.items() if k in OPTION_NAMES}
+    o = scheme_options(kwargs.get("scheme", "research"), where=where, **options)
+    out.update({k: getattr(o, k) for k, v in options.items() if v is not None})
+    return out
 
 
 def compute_score(
@@ -196,22 +277,26 @@ def compute_score(
     solution_str: Any,
     ground_truth: Any,
     extra_info: dict | None = None,
-    scheme: str = "research",
+    scheme: str | None = None,
     dialect: str | Dialect | None = None,
     eos_token: str | None = None,
     **options: Any,
 ) -> dict[str, float]:
     """Score one response for verl; every value of the returned dict is a number.
 
-    Dialect: ``dialect`` > ``extra_info["dialect"]`` > the scheme's own. ``options`` are the fields of
-    :class:`Options` (``metric``, ``normalization``, ``require_eos``, ...), each defaulting to the scheme's; other
-    keyword arguments verl passes are ignored. Whether the response ended with EOS comes from
-    ``extra_info["ended_by_eos"]`` (the agent loop records it), else from ``eos_token`` when given (the response
-    text ends with it; it is then cut off), else it is taken as ended.
+    Scheme: ``scheme`` > ``extra_info["scheme"]`` (a prepared row's) > ``research``. Dialect: ``dialect`` >
+    ``extra_info["dialect"]`` > the scheme's own. ``options`` are the fields of
+    :class:`Options` (``metric``, ``normalization``, ``require_eos``, ...), each defaulting to the scheme's; any
+    other keyword argument is an error (:data:`HOST_KWARGS`, verl's own, excepted). Whether the response ended
+    with EOS comes from ``extra_info["ended_by_eos"]`` (the agent loop records it), else from ``eos_token`` when
+    given (the response text ends with it; it is then cut off), else it is taken as ended.
     """
-    o = scheme_options(scheme, **{k: v for k, v in options.items() if k in OPTION_NAMES})
-    sch = SCHEMES[scheme]
+    options = {k: v for k, v in options.items() if k not in HOST_KWARGS}
     extra_info = extra_info if isinstance(extra_info, dict) else {}
+    scheme = scheme or extra_info.get("scheme") or "research"
+    check_keys(options, [*REWARD_ARGUMENTS, *OPTION_NAMES], COMPUTE_SCORE_WHERE, "reward options")
+    o = scheme_options(scheme, where=COMPUTE_SCORE_WHERE, **options)
+    sch = SCHEMES[scheme]
     d = get_dialect(dialect or extra_info.get("dialect") or sch.dialect)
     text = solution_str if isinstance(solution_str, str) else ""
     golds = as_gold_list(ground_truth)
@@ -223,34 +308,54 @@ def compute_score(
             ended = stripped.endswith(eos_token)
         text = stripped.removesuffix(eos_token) if stripped.endswith(eos_token) else text
     truncated = ended is False
-    opens = o.opens_think if o.opens_think is not None else bool(_flag(extra_info.get("opens_think")))
+    opens = o.opens_think if o.opens_think is not None else bool(_flag(extra_info.get("opens_think"), "opens_think"))
 
-    own_text = strip_results(text, d)  # retrieved text must not supply the answer or count as queries
-    answer = extract_answer(own_text, d, o.boxed_fallback)
+    answer, report = read_response(text, scheme, d, o, opens_think=opens)
     searches = _number(extra_info, "num_searches")
-    num_searches = int(searches) if searches is not None else own_text.count(d.query_close)
-    if scheme == "search_r1_format":
-        format_ok = check_search_r1_sequence(text, d).ok
-    else:
-        format_ok = check_format(
-            text, d, opens_think=opens, require_think=o.require_think, boxed_fallback=o.boxed_fallback
-        ).ok
-    format_ok = format_ok and not (o.require_eos and truncated)
+    num_searches = int(searches) if searches is not None else strip_results(text, d).count(d.query_close)
+    format_ok = report.ok and not (o.require_eos and truncated)
     metrics = {name: fn(answer, golds, o.normalization) for name, fn in METRICS.items()}
-    hit = format_ok and scheme == "search_r1_format" and _retrieval_hit(text, d, golds, o.normalization)
+    hit = retrieval_hit(text, d, golds, o.normalization)
     g = Graded(format_ok, num_searches, answer is not None, metrics, o, hit)
     return {
         "score": float(sch.score(g)),
         **metrics,
         "format": float(format_ok),
+        "retrieval_hit": float(hit),
         "truncated": float(truncated),
         "num_searches": num_searches,
         **{k: _number(extra_info, k) or 0.0 for k in PASSTHROUGH},
     }
 
 
-def _retrieval_hit(text: str, d: Dialect, golds: list[str], normalization: str) -> bool:
-    """Some result block of ``text`` contains a gold answer (normalised substring)."""
+def read_response(
+    text: str, scheme: str, d: Dialect, o: Options, opens_think: bool = False
+) -> tuple[str | None, FormatReport]:
+    """The answer and the format of a response as ``scheme`` with options ``o`` reads them (the reward and
+    evaluation both use this; ``require_eos`` is applied by the caller, which knows how it ended).
+
+    The answer is read from the policy's own text (result blocks skipped); with ``forbid_cjk`` a CJK ideograph in
+    that text fails the format.
+    """
+    own = strip_results(text, d)  # retrieved text must not supply the answer or count as queries
+    if o.format_check == "original":
+        sch = SCHEMES[scheme]
+        answer = extract_answer(own, d, o.boxed_fallback, sch.original_reading)
+        report = sch.original_check(text, d, o, opens_think)
+    else:
+        answer = extract_answer(own, d, o.boxed_fallback)
+        report = check_format(
+            text, d, opens_think=opens_think, require_think=o.require_think, boxed_fallback=o.boxed_fallback
+        )
+    if report.ok and o.forbid_cjk and has_cjk(own):
+        report = FormatReport(False, "a CJK character outside the documents", report.num_queries)
+    return answer, report
+
+
+def retrieval_hit(text: str, d: Dialect, golds: list[str], normalization: str) -> bool:
+    """Some result block of ``text`` contains a gold answer as a normalised substring, even inside a word (Search-R1's
+    ``is_retrieval_correct``; the reward's ``retrieval_hit``, lambda_r of ``search_r1_format``). Not eval's
+    ``retrieval_recall``, which needs the gold on token boundaries (:func:`..evaluation.metrics.retrieval_recall`)."""
     pos = 0
     while (start := text.find(d.result_open, pos)) >= 0:
         end = text.find(d.result_close, start)

@@ -18,66 +18,56 @@ import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..retrieval import SearchResult, get_retriever
-from .dialects import Dialect, extract_query, format_passages, get_dialect, result_block, stopped_at_query
+from .dialects import DIALECTS, Dialect, extract_query, format_passages, get_dialect, result_block, stopped_at_query
+from .settings import as_mapping, check_fields, limits
 
 logger = logging.getLogger(__name__)
 
 
+def _check_retriever(spec: Any, where: str) -> Any:
+    from ..retrieval import check_spec
+
+    return check_spec(spec, where)
+
+
 @dataclass(frozen=True)
 class SearchAgentConfig:
-    dialect: str = "research"
-    top_k: int = 5
-    max_searches: int = 8
+    dialect: str = field(default="research", metadata=limits(choices=lambda: DIALECTS))
+    top_k: int = field(default=5, metadata=limits(ge=1))
+    max_searches: int = field(default=8, metadata=limits(ge=0))
     """Searches answered with passages per trajectory; later queries get a notice instead."""
-    max_result_tokens: int = 512
+    max_result_tokens: int = field(default=512, metadata=limits(ge=1))
     """Passage text per result block is cut to this many tokens."""
-    max_query_chars: int = 512
-    search_timeout: float = 60.0
+    max_query_chars: int = field(default=512, metadata=limits(ge=1))
+    search_timeout: float = field(default=60.0, metadata=limits(gt=0))
     """Seconds one search may take before it is recorded as failed."""
-    retriever: Any = "demo"
+    retriever: Any = field(default="demo", metadata=limits(check=_check_retriever))
     """A retriever spec: ``"demo"``, an ``http(s)://.../retrieve`` URL, or a mapping (``research_plugin.retrieval``)."""
-    prompt_format: str = "auto"
+    prompt_format: str = field(default="auto", metadata=limits(choices=("auto", "chat", "raw")))
     """``chat`` (apply the chat template), ``raw`` (concatenate message texts, for base-model templates) or ``auto``."""
     mask_results: bool = True
     """Result tokens get ``response_mask`` 0 (no loss, KL or entropy). ``False`` trains on them as if the policy had
     written them: Search-R1's ablation of retrieved-token masking, and a negative control (verl only)."""
 
     @classmethod
-    def merged(cls, *sources: Mapping | None) -> SearchAgentConfig:
-        """The defaults, updated by each mapping in turn (config objects included); unknown keys and values out of
-        range raise ``ValueError``."""
-        names = {f.name for f in dataclasses.fields(cls)}
+    def merged(
+        cls, *sources: Mapping | None, where: str | Sequence[str] = "search_agent settings"
+    ) -> SearchAgentConfig:
+        """The defaults, updated by each mapping in turn (config objects included), each checked
+        (:mod:`.settings`): an unknown key, a value of the wrong type or out of range raises
+        :class:`~.settings.SettingsError` (a ``ValueError``) naming it and where it came from: ``where`` labels all
+        sources, or one label per source ("file agent.yaml: search_agent", "row 17: extra_info.search")."""
+        labels = [where] * len(sources) if isinstance(where, str) else list(where)
+        if len(labels) != len(sources):
+            raise ValueError(f"merged: {len(sources)} sources but {len(labels)} labels")
         values: dict[str, Any] = {}
-        for src in sources:
-            if not src:
-                continue
-            src = _plain(src)
-            unknown = set(src) - names
-            if unknown:
-                raise ValueError(f"unknown search_agent settings {sorted(unknown)}; known: {sorted(names)}")
-            values.update(src)
-        cfg = cls(**values)
-        get_dialect(cfg.dialect)  # validates
-        if cfg.top_k <= 0 or cfg.max_searches < 0 or cfg.max_result_tokens <= 0 or cfg.max_query_chars <= 0:
-            raise ValueError(f"search_agent settings out of range: {cfg}")
-        if not isinstance(cfg.mask_results, bool):
-            raise ValueError(f"mask_results must be true or false, not {cfg.mask_results!r}")
-        if cfg.prompt_format not in ("auto", "chat", "raw"):
-            raise ValueError(f"prompt_format must be auto, chat or raw, not {cfg.prompt_format!r}")
-        return cfg
-
-
-def _plain(value: Any) -> Any:
-    """Nested mappings / sequences (OmegaConf's included, interpolations resolved) as dicts / lists."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(value[k]) for k in value}
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        return [_plain(v) for v in value]
-    return value
+        for src, label in zip(sources, labels):
+            values.update(check_fields(cls, as_mapping(src, label), label, "search_agent settings"))
+        return cls(**values)
 
 
 @dataclass
@@ -135,7 +125,7 @@ class SearchStep:
             return "Search failed. Try again or answer with what you know."
         if not result.passages:
             return "No results."
-        body = format_passages(result.passages)
+        body = format_passages(result.passages, self.dialect)
         ids = self.tokenizer.encode(body, add_special_tokens=False)
         if len(ids) > cfg.max_result_tokens:
             body = self.tokenizer.decode(ids[: cfg.max_result_tokens], skip_special_tokens=False) + " ..."

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +27,11 @@ def load_questions(n: int, path: Path | None = None) -> list[dict]:
     return rows[:n]
 
 
-def _questions(which: str, n: int) -> tuple[list[dict], list[str]]:
-    """The first ``n`` questions of a set, and the overrides that point the agent loop at their corpus (for the fact
-    world: the main job's search settings, from its recipe)."""
+def _questions(which: str, n: int) -> tuple[list[dict], dict]:
+    """The first ``n`` questions of a set, and the search settings for them: their corpus, and for the fact world the
+    main job's other search settings, from its recipe."""
     if which == "two_hop":
-        return load_questions(n), ["+search_agent.retriever=demo"]
+        return load_questions(n), {"retriever": "demo"}
     if which != "facts":
         raise ValueError(f"questions must be one of {', '.join(QUESTIONS)}, not {which!r}")
     from omegaconf import OmegaConf
@@ -41,22 +42,52 @@ def _questions(which: str, n: int) -> tuple[list[dict], list[str]]:
 
     register_resolvers()
     settings = OmegaConf.to_container(OmegaConf.load(recipes_dir() / "tiny_cpu_grpo.yaml").search_agent, resolve=True)
-    retriever = settings.pop("retriever")
-    overrides = [f"+search_agent.{k}={v}" for k, v in settings.items()]
-    overrides += [f"+search_agent.retriever.{k}={v}" for k, v in retriever.items()]
-    return split_rows(question_rows(bundled_world()), "val")[:n], overrides
+    return split_rows(question_rows(bundled_world()), "val")[:n], settings
+
+
+RUN_SETTINGS = (
+    "dialect",
+    "scheme",
+    "reward_options",
+    "top_k",
+    "max_searches",
+    "max_result_tokens",
+    "prompt_format",
+    "response_length",
+)
+"""What a training run's folder given as ``--model`` supplies when the command line does not (the retriever is the
+question set's)."""
+
+
+def demo_settings(model: str | None, questions_search: dict, given: dict) -> tuple[dict, dict, str]:
+    """The demo's settings: each of :data:`RUN_SETTINGS` from ``given`` (not None), else from the run ``model``
+    comes from (:mod:`research_plugin.verl.run_settings`), else from the question set's search settings
+    (``questions_search``) or the agent loop's defaults; the ``search_agent`` block they make (with the question
+    set's retriever); lines saying which came from where."""
+    from ..core.search_step import SearchAgentConfig
+    from ..verl.run_settings import choose, describe, recorded, run_settings_for
+
+    found = run_settings_for(model) if model else None
+    record, path = found if found else (None, None)
+    defaults = {**asdict(SearchAgentConfig()), **questions_search, "scheme": "research", "reward_options": {}}
+    values, sources = choose(RUN_SETTINGS, given, recorded(record), {**defaults, "response_length": 256})
+    agent = {k: values[k] for k in ("dialect", "top_k", "max_searches", "max_result_tokens", "prompt_format")}
+    return values, {**agent, "retriever": questions_search["retriever"]}, describe(values, sources, path)
 
 
 def run_demo(
     n: int = 4,
     model: str | None = None,
-    dialect: str = "research",
-    scheme: str = "research",
-    response_length: int = 256,
+    dialect: str | None = None,
+    scheme: str | None = None,
+    response_length: int | None = None,
     temperature: float = 1.0,
     seed: int = 0,
     questions: str = "facts",
 ) -> dict:
+    """Roll out ``n`` questions; ``dialect``, ``scheme`` and ``response_length`` left None, and the search settings,
+    are the training run's when ``model`` is a run's folder that recorded them (:func:`demo_settings`)."""
+    from omegaconf import open_dict
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..verl.hf_generation import HFGenerationServer
@@ -64,13 +95,20 @@ def run_demo(
     from .assets import demo_model
 
     model_dir = resolve_model_dir(model) if model else Path(demo_model())
-    rows, retriever = _questions(questions, n)
+    rows, questions_search = _questions(questions, n)
+    given = {"dialect": dialect, "scheme": scheme, "response_length": response_length}
+    values, search_agent, sources = demo_settings(model, questions_search, given)
+    print(f"demo: search, reward and length settings\n{sources}")
+    dialect, response_length = values["dialect"], values["response_length"]
     config = trainer_config(
         model_dir,
         response_length=response_length,
-        scheme=scheme,
-        overrides=[*retriever, f"actor_rollout_ref.rollout.temperature={temperature}"],
+        scheme=values["scheme"],
+        overrides=[f"actor_rollout_ref.rollout.temperature={temperature}"],
     )
+    with open_dict(config):
+        config.search_agent = search_agent
+        config.reward.custom_reward_function.reward_kwargs = {"scheme": values["scheme"], **values["reward_options"]}
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     server = HFGenerationServer(AutoModelForCausalLM.from_pretrained(model_dir), tokenizer, seed=seed)
 

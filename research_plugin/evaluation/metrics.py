@@ -6,10 +6,10 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..core.answer_metrics import cover_exact_match
-from ..core.dialects import extract_answer, get_dialect, strip_results
-from ..core.format_check import check_format
-from ..core.rewards import METRICS
+from ..core.answer_metrics import as_gold_list, cover_exact_match
+from ..core.dialects import get_dialect
+from ..core.format_check import FormatReport
+from ..core.rewards import METRICS, read_response, retrieval_hit, scheme_options
 from .protocols import PROTOCOLS
 
 MEANS = (
@@ -24,6 +24,7 @@ MEANS = (
     "num_searches",
     "num_failed_searches",
     "retrieval_recall",
+    "retrieval_hit",
     "response_tokens",
     "generated_tokens",
     "retrieved_tokens",
@@ -31,10 +32,23 @@ MEANS = (
 """Row metrics averaged per benchmark (``lj`` over the rows the judge answered)."""
 
 
-def prediction_of(response: str, dialect: str) -> str | None:
-    """The final answer the policy wrote (result blocks ignored), as the rewards read it; None when absent."""
+def read_as_reward(
+    response: str, dialect: str, scheme: str, *, opens_think: bool = False, ended_by_eos: bool = True, **options: Any
+) -> tuple[str | None, FormatReport]:
+    """The answer and the format of ``response`` exactly as ``scheme``'s reward reads them, with its default options
+    or ``options`` (``format_check``, ``require_think``, ``boxed_fallback``, ``forbid_cjk``, ``require_eos``, ...):
+    the same function, :func:`~research_plugin.core.rewards.read_response`, so eval's ``format`` is the reward's."""
     d = get_dialect(dialect)
-    return extract_answer(strip_results(response, d), d)
+    o = scheme_options(scheme, where="eval's reward options", **options)
+    answer, report = read_response(response, scheme, d, o, opens_think=opens_think)
+    if report.ok and o.require_eos and not ended_by_eos:
+        report = FormatReport(False, "did not end with EOS", report.num_queries)
+    return answer, report
+
+
+def prediction_of(response: str, dialect: str, scheme: str, **options: Any) -> str | None:
+    """The final answer the policy wrote (result blocks ignored), as ``scheme``'s reward reads it; None when absent."""
+    return read_as_reward(response, dialect, scheme, **options)[0]
 
 
 def answer_scores(prediction: str | None, golds: Sequence[str], normalization: str = "squad") -> dict[str, float]:
@@ -43,12 +57,24 @@ def answer_scores(prediction: str | None, golds: Sequence[str], normalization: s
 
 
 def retrieval_recall(retrieved: Iterable[str], golds: Sequence[str], normalization: str = "squad") -> float:
-    """1.0 when some retrieved passage contains a gold answer (normalised, on token boundaries), else 0.0."""
+    """1.0 when some retrieved passage contains a gold answer (normalised, on token boundaries: "1999" is not in
+    "19999"), else 0.0. Eval's own measure; the reward's :func:`retrieval_hit` (Search-R1's substring test over the
+    result blocks) is reported beside it under its own name."""
     return float(any(cover_exact_match(text, golds, normalization) for text in retrieved))
 
 
-def format_report(response: str, dialect: str, opens_think: bool = False) -> tuple[bool, str | None]:
-    report = check_format(response, dialect, opens_think=opens_think)
+def reward_retrieval_hit(response: str, dialect: str, golds: Sequence[str], normalization: str = "squad") -> float:
+    """The reward's ``retrieval_hit`` of ``response``: some result block contains a gold answer as a normalised
+    substring, even inside a word (:func:`~research_plugin.core.rewards.retrieval_hit`, Search-R1's
+    ``is_retrieval_correct``)."""
+    return float(retrieval_hit(response, get_dialect(dialect), as_gold_list(golds), normalization))
+
+
+def format_report(
+    response: str, dialect: str, scheme: str, *, opens_think: bool = False, ended_by_eos: bool = True, **options: Any
+) -> tuple[bool, str | None]:
+    """Whether ``response`` is well formed as ``scheme``'s reward checks it (:func:`read_as_reward`), and why not."""
+    report = read_as_reward(response, dialect, scheme, opens_think=opens_think, ended_by_eos=ended_by_eos, **options)[1]
     return report.ok, report.reason
 
 

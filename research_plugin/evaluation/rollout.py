@@ -48,8 +48,10 @@ def eval_config(
     top_p: float,
     top_k: int,
     scheme: str,
+    reward_options: dict[str, Any] | None = None,
 ):
-    """verl's trainer config for evaluation rollouts: validation sampling params, no log-probs, our loop settings."""
+    """verl's trainer config for evaluation rollouts: validation sampling params, no log-probs, our loop settings,
+    the reward function's ``scheme`` and other keyword arguments (``reward_options``)."""
     from omegaconf import open_dict
 
     config = trainer_config(model_dir, response_length=response_length, scheme=scheme)
@@ -61,6 +63,7 @@ def eval_config(
         rollout.val_kwargs.top_p = top_p
         rollout.val_kwargs.top_k = top_k
         config.search_agent = search_agent
+        config.reward.custom_reward_function.reward_kwargs = {"scheme": scheme, **(reward_options or {})}
     return config
 
 

@@ -17,9 +17,10 @@ from typing import Any
 from tqdm import tqdm
 
 from ..core.answer_metrics import NORMALIZATIONS
+from ..core.rewards import OPTION_NAMES
 from .data import EvalRow, load_rows
 from .judge import JUDGE_PROMPTS, JudgeItem, LLMJudge
-from .metrics import aggregate, answer_scores, format_report, macro_average, markdown_table, prediction_of
+from .metrics import aggregate, answer_scores, macro_average, markdown_table, read_as_reward, reward_retrieval_hit
 from .metrics import retrieval_recall as recall_of
 from .protocols import PROTOCOLS, protocol_for_scheme
 from .store import RowStore
@@ -31,9 +32,11 @@ RUN_IDENTITY = (
     "prompt_as",
     "dialect",
     "scheme",
+    "reward_options",
     "top_k",
     "max_searches",
     "max_result_tokens",
+    "prompt_format",
     "prompt_length",
     "response_length",
     "temperature",
@@ -44,7 +47,26 @@ RUN_IDENTITY = (
 )
 """Settings that shape a row's result: a rerun into the same ``out`` must have the same ones."""
 
-AGENT_SETTINGS = ("top_k", "max_searches", "max_result_tokens", "search_timeout")
+AGENT_SETTINGS = ("top_k", "max_searches", "max_result_tokens", "search_timeout", "prompt_format")
+
+RUN_SETTINGS = ("dialect", "scheme", "reward_options", *AGENT_SETTINGS, "retriever", "prompt_length", "response_length")
+"""Settings that a training run's folder supplies when the command line does not (:func:`with_run`)."""
+
+
+def eval_defaults() -> dict[str, Any]:
+    """The value of each of :data:`RUN_SETTINGS` that neither the command line nor a run gives: the agent loop's
+    own defaults (``SearchAgentConfig``) for the search agent."""
+    from research_plugin.core.search_step import SearchAgentConfig
+
+    return {
+        "dialect": "research",
+        "scheme": "research",
+        "reward_options": {},
+        **{name: getattr(SearchAgentConfig, name) for name in AGENT_SETTINGS},
+        "retriever": "demo",
+        "prompt_length": 2048,
+        "response_length": 8192,
+    }
 
 
 @dataclass
@@ -53,23 +75,28 @@ class EvalSettings:
     model: str
     """An ``http(s)://`` OpenAI-compatible completions endpoint or a local HF model folder."""
     retriever: Any
-    """A retriever spec (``research_plugin.retrieval``)."""
+    """A retriever spec (``research_plugin.retrieval``); ``None``: the run's (:func:`with_run`), else ``demo``."""
     out: str
     tokenizer: str | None = None
     served_model: str | None = None
     prompt_as: str = "ids"
     policy_key_env: str | None = None
-    dialect: str = "research"
+    dialect: str | None = None
     """The dialect of rows whose ``extra_info`` names none."""
-    scheme: str = "research"
+    scheme: str | None = None
     """Reward scheme of the ``reward`` column (the training reward); EM/F1/cover-EM do not depend on it."""
+    reward_options: dict[str, Any] | None = None
+    """The reward function's other keyword arguments (``reward_kwargs`` of a verl run)."""
     top_k: int | None = None
     max_searches: int | None = None
     max_result_tokens: int | None = None
     search_timeout: float | None = None
-    """The search agent's settings; ``None`` takes the agent loop's own default (``SearchAgentConfig``)."""
-    prompt_length: int = 2048
-    response_length: int = 8192
+    prompt_format: str | None = None
+    """The search agent's settings."""
+    prompt_length: int | None = None
+    response_length: int | None = None
+    """Each of :data:`RUN_SETTINGS` left ``None`` is the run's when ``model`` is a training run's folder that
+    recorded its settings (:func:`with_run`), else :func:`eval_defaults`'."""
     temperature: float = 0.0
     top_p: float = 1.0
     top_k_sampling: int = -1
@@ -93,25 +120,36 @@ class EvalSettings:
     progress: bool = True
 
     def with_defaults(self) -> EvalSettings:
-        """A copy whose unset settings hold their defaults: the agent loop's (``SearchAgentConfig``) for the search
-        agent, the protocol's for normalisation and judge prompt."""
-        from research_plugin.core.search_step import SearchAgentConfig
-
-        unset = {name: getattr(SearchAgentConfig, name) for name in AGENT_SETTINGS if getattr(self, name) is None}
-        if self.protocol is not None and self.protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, not {self.protocol!r}")
-        protocol = PROTOCOLS[self.protocol] if self.protocol else protocol_for_scheme(self.scheme)
+        """A copy whose unset settings hold their defaults: :func:`eval_defaults`, the protocol's for normalisation
+        and judge prompt."""
+        unset = {name: value for name, value in eval_defaults().items() if getattr(self, name) is None}
+        filled = replace(self, **unset)
+        if filled.protocol is not None and filled.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, not {filled.protocol!r}")
+        protocol = PROTOCOLS[filled.protocol] if filled.protocol else protocol_for_scheme(filled.scheme)
         return replace(
-            self,
-            **unset,
+            filled,
             protocol=protocol.name,
-            normalization=self.normalization or protocol.normalization,
-            judge_prompt=self.judge_prompt or protocol.judge_prompt,
+            normalization=filled.normalization or protocol.normalization,
+            judge_prompt=filled.judge_prompt or protocol.judge_prompt,
         )
 
     def run_identity(self) -> dict[str, Any]:
         settings = asdict(self.with_defaults())
         return {k: settings[k] for k in RUN_IDENTITY}
+
+
+def with_run(settings: EvalSettings) -> tuple[EvalSettings, str]:
+    """``settings`` with each of :data:`RUN_SETTINGS` that the command line left unset taken from the training run
+    ``settings.model`` comes from (:mod:`research_plugin.verl.run_settings`), else from :func:`eval_defaults`; and
+    lines saying which came from where."""
+    from research_plugin.verl.run_settings import choose, describe, recorded, run_settings_for
+
+    found = None if settings.model.startswith(("http://", "https://")) else run_settings_for(settings.model)
+    record, path = found if found else (None, None)
+    given = {name: getattr(settings, name) for name in RUN_SETTINGS}
+    values, sources = choose(RUN_SETTINGS, given, recorded(record), eval_defaults())
+    return replace(settings, **values), describe(values, sources, path)
 
 
 def _check_resume(out: Path, identity: dict[str, Any]) -> None:
@@ -127,10 +165,20 @@ def _check_resume(out: Path, identity: dict[str, Any]) -> None:
     path.write_text(json.dumps(identity, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def row_record(row: EvalRow, traj, normalization: str) -> dict[str, Any]:
-    """The per-row result: what was asked, what the policy did and answered, and its metrics."""
-    prediction = prediction_of(traj.response, traj.dialect)
-    format_ok, format_error = format_report(traj.response, traj.dialect, bool(row.extra_info.get("opens_think")))
+def row_record(
+    row: EvalRow, traj, normalization: str, scheme: str = "research", reward_options: dict | None = None
+) -> dict[str, Any]:
+    """The per-row result: what was asked, what the policy did and answered, and its metrics; the answer and the
+    format as ``scheme``'s reward (with ``reward_options``) reads them."""
+    prediction, report = read_as_reward(
+        traj.response,
+        traj.dialect,
+        scheme,
+        opens_think=bool(row.extra_info.get("opens_think")),
+        ended_by_eos=traj.ended_by_eos,
+        **(reward_options or {}),
+    )
+    format_ok, format_error = report.ok, report.reason
     return {
         "key": row.key,
         "data_source": row.data_source,
@@ -151,6 +199,7 @@ def row_record(row: EvalRow, traj, normalization: str) -> dict[str, Any]:
             "num_failed_searches": traj.num_failed_searches,
             "num_invalid_queries": traj.num_invalid_queries,
             "retrieval_recall": recall_of(traj.retrieved, row.golds, normalization),
+            "retrieval_hit": reward_retrieval_hit(traj.response, traj.dialect, row.golds, normalization),
             "response_tokens": traj.response_tokens,
             "generated_tokens": traj.generated_tokens,
             "retrieved_tokens": traj.retrieved_tokens,
@@ -188,8 +237,11 @@ def _roll_out(
         top_p=settings.top_p,
         top_k=settings.top_k_sampling,
         scheme=settings.scheme,
+        reward_options=settings.reward_options,
     )
     print(f"eval: {len(rows)} rows to roll out with {policy.description}, concurrency {settings.concurrency}")
+    # how the reward reads answer and format; its other keyword arguments (dialect, eos_token) act in the reward
+    answer_options = {k: v for k, v in settings.reward_options.items() if k in OPTION_NAMES}
     failures: list[str] = []
     bar = tqdm(total=resumed + len(rows), initial=resumed, desc="eval", unit="q", disable=not settings.progress)
 
@@ -197,7 +249,7 @@ def _roll_out(
         if traj is None:
             failures.append(f"{row.key}: {error}")
         else:
-            record = row_record(row, traj, normalization)
+            record = row_record(row, traj, normalization, settings.scheme, answer_options)
             store.append(record)
             done[row.key] = record
         bar.update(1)
@@ -263,7 +315,9 @@ def _protocol_summary(settings: EvalSettings, per_source: dict[str, Any]) -> dic
 
 def run_eval(settings: EvalSettings) -> dict[str, Any]:
     """Run (or finish) an evaluation; returns the summary written to ``out/summary.json``."""
+    settings, sources = with_run(settings)
     settings = settings.with_defaults()
+    print(f"eval: search, reward and length settings\n{sources}")
     if settings.normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {list(NORMALIZATIONS)}, not {settings.normalization!r}")
     if settings.judge_prompt not in JUDGE_PROMPTS:

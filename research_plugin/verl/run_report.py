@@ -6,6 +6,8 @@ The plugin's trainer modes (:mod:`.search_metrics`) record every step's metrics 
 - ``metrics.jsonl``: one ``{"step", "data"}`` line per logged step, verl's file-logger format (``research-plugin
   plot`` reads it);
 - ``plots/``: reward, response length and searches over the steps, training and validation curves;
+- ``research_plugin_run.json`` (written when ``fit`` starts): the run's search, reward and length settings, which
+  ``research-plugin eval`` and ``demo`` of the run's folder use (:mod:`.run_settings`);
 
 and print a summary: validation reward, answer F1 and searches per question before and after training, steps,
 wall time, the checkpoint (its Hugging Face copy when the run saved one) and the commands to try it.
@@ -19,6 +21,8 @@ import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
+
+from .run_settings import record_run
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +71,10 @@ class RunReportMixin:
     def fit(self, *args, **kwargs):
         self._report_steps: list[tuple[int, dict[str, float]]] = []
         self._report_validations: list[tuple[int, dict[str, float]]] = []
+        try:  # what `research-plugin eval` / `demo` of this run's folder search with (.run_settings)
+            record_run(self.config, self.config.trainer.default_local_dir)
+        except Exception as e:  # they fall back to their defaults, and say so
+            logger.warning("run settings not recorded: %s: %s", type(e).__name__, e)
         start = time.monotonic()
         result = super().fit(*args, **kwargs)
         try:

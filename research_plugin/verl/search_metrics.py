@@ -29,7 +29,7 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from .run_report import RunReportMixin
 
-REWARD_KEYS = ("score", "f1", "em", "cover_em", "acc_r", "subem", "format", "truncated")
+REWARD_KEYS = ("score", "f1", "em", "cover_em", "acc_r", "subem", "format", "retrieval_hit", "truncated")
 LOOP_KEYS = ("num_searches", "num_failed_searches", "num_invalid_queries", "retrieved_tokens", "retrieval_s")
 
 

@@ -118,7 +118,9 @@ def test_research_scheme():
 
 
 def test_r1_searcher_schemes():
-    good, no_search = one_search("r1_searcher", "Keddle"), answer_text("r1_searcher", "Keddle")
+    d = get_dialect("r1_searcher")  # its code allows a single think block: drop the second one
+    good = one_search("r1_searcher", "Keddle").replace(f"{d.think_open} Found it. {d.think_close} ", "")
+    no_search = f"{d.think_open} I know it. {d.think_close} " + answer_text("r1_searcher", "Keddle")
     assert compute_score("x", good, "Keddle", scheme="r1_stage1")["score"] == 1.0
     assert compute_score("x", no_search, "Keddle", scheme="r1_stage1")["score"] == 0.5
     assert compute_score("x", good, "Keddle", scheme="r1_stage2")["score"] == 1.0
