@@ -10,7 +10,7 @@ on the fact world's 80 held-out questions every ``--test-freq`` steps:
 - ``unmasked``: ``search_agent.mask_results=false``, retrieved tokens trained as if the policy wrote them.
 
 Warm-up seed 0 is the policy shipped in the package; another seed is rebuilt from the code (``research-plugin policy
-build --seed N``, ~15 min, cached under the plugin's cache folder). RL seeds set ``data.seed`` (the order of the
+build --seed N``, ~20 min, cached under the plugin's cache folder). RL seeds set ``data.seed`` (the order of the
 questions) and ``actor_rollout_ref.rollout.seed`` (sampling). The targets (:data:`TARGETS`), for every RL seed of
 every warm-up seed: ``default`` raises F1 by 0.25 or more while searches per question go from at most 0.5 to at
 least 0.9; ``sign_flipped`` ends below its start; ``unmasked`` is caught by the mask count (retrieved tokens that

@@ -107,7 +107,7 @@ def cmd_policy(args) -> int:
         info, code = policy.build_info(out), policy.code_fingerprint()
         print(json.dumps({"path": str(out), **info, "code_fingerprint_now": code}, indent=2))
         return 0 if info.get("fingerprint") == code else 1
-    print(f"building the embedded default's policy in {out} (warm-up seed {args.seed}): ~15 min on 2 cores", flush=True)
+    print(f"building the embedded default's policy in {out} (warm-up seed {args.seed}): ~20 min on 2 cores", flush=True)
     built = policy.build_policy(out, seed=args.seed, steps=args.steps)
     print(json.dumps({"path": str(built), **policy.build_info(built)}, indent=2))
     return 0
@@ -422,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
         "policy",
         help="the embedded default's shipped policy: its build record, or rebuild it from the code",
         description="info: the shipped policy's build.json and whether the code that built it is the code now (exit "
-        "1 when not); build: rebuild it from the code (tiny model, tokenizer, warm-up; ~15 min on 2 cores) into the "
+        "1 when not); build: rebuild it from the code (tiny model, tokenizer, warm-up; ~20 min on 2 cores) into the "
         "package, or into --dir.",
     )
     p.add_argument("action", choices=["info", "build"])

@@ -13,7 +13,7 @@ covers the policy's own text only (result blocks are masked, as in RL). The syst
 sequences train faster; the last steps see the prompts RL uses).
 
 The result searches about a quarter of the fact world's held-out questions greedily and copies the answer for most
-of those: RL has to teach it to search the rest. It is built once and shipped (:mod:`.policy`: ~15 min on 2 cores).
+of those: RL has to teach it to search the rest. It is built once and shipped (:mod:`.policy`: ~20 min on 2 cores).
 """
 
 from __future__ import annotations
