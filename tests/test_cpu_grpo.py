@@ -61,6 +61,15 @@ def test_every_step_logs_reward_search_and_length_metrics(run):
     assert any(m["search/num_searches/mean"] > 0 for m in steps.values())
 
 
+def test_the_guard_watched_every_step_of_the_default_run_and_raised_no_alarm(run):
+    from research_plugin.core.guard import RULE_NAMES
+
+    for m in run["per_step"].values():
+        assert {f"guard/{r}" for r in RULE_NAMES} | {"guard/alarms"} <= set(m)
+        assert m["guard/alarms"] == 0, {k: v for k, v in m.items() if k.startswith("guard/")}
+    assert "guard: no alarm (8 rules, action warn)" in run["log"]
+
+
 def test_exactly_the_retrieved_tokens_have_mask_0(run):
     for m in run["per_step"].values():
         # response_mask as the trainer read it from TransferQueue vs the tokens the agent loop inserted

@@ -1,6 +1,8 @@
 """``research-plugin plot``: PNGs of a training run like the papers' training-dynamics figures (reward, response
 length, searches per trajectory over steps; training curve plus one validation curve per benchmark), from the
-series :mod:`.training_logs` reads back out of verl's logs. A figure with no data is skipped with a message."""
+series :mod:`.training_logs` reads back out of verl's logs. A figure with no data is skipped with a message. The guard's
+alarms (:mod:`research_plugin.core.guard`, replayed over the logs unless given) are marked on every figure: a red
+dotted line at the step of each rule's first alarm, labelled with the rule."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.guard import Alarm, replay
 from .training_logs import Series, load_metrics
 
 
@@ -51,7 +54,18 @@ def panel_curves(metrics: Mapping[str, Series], panel: Panel) -> dict[str, Serie
     return curves
 
 
-def _draw(panel: Panel, curves: Mapping[str, Series], path: Path) -> None:
+def alarm_marks(alarms: Iterable[Alarm]) -> dict[int, str]:
+    """``{step: "rule, rule"}``: where the first alarm of each rule falls."""
+    marks: dict[int, list[str]] = {}
+    seen = set()
+    for a in alarms:
+        if a.rule not in seen:
+            seen.add(a.rule)
+            marks.setdefault(a.step, []).append(a.rule)
+    return {step: ", ".join(rules) for step, rules in sorted(marks.items())}
+
+
+def _draw(panel: Panel, curves: Mapping[str, Series], path: Path, marks: Mapping[int, str] | None = None) -> None:
     from matplotlib.figure import Figure  # the object API: no pyplot state, renders with Agg
 
     fig = Figure(figsize=(6.4, 4.0), dpi=120)
@@ -63,6 +77,10 @@ def _draw(panel: Panel, curves: Mapping[str, Series], path: Path) -> None:
             ax.plot(steps, values, label="train", linewidth=1.5)
         else:
             ax.plot(steps, values, label=label, marker="o", markersize=3, linestyle="--", linewidth=1)
+    for step, rules in (marks or {}).items():
+        ax.axvline(step, color="tab:red", linestyle=":", linewidth=1.2)
+        ax.annotate(rules, (step, 1.0), xycoords=("data", "axes fraction"), rotation=90, va="top", ha="right",
+                    fontsize="x-small", color="tab:red")  # fmt: skip
     ax.set_title(panel.title)
     ax.set_xlabel("step")
     ax.set_ylabel(panel.ylabel)
@@ -72,10 +90,16 @@ def _draw(panel: Panel, curves: Mapping[str, Series], path: Path) -> None:
     fig.savefig(path)
 
 
-def plot_training(logs: Iterable[str | Path], out: str | Path) -> dict[str, dict[str, Series]]:
-    """Write ``<panel>.png`` into ``out`` for each panel with data; return the curves drawn, by panel."""
+def plot_training(
+    logs: Iterable[str | Path], out: str | Path, alarms: Iterable[Alarm] | None = None
+) -> dict[str, dict[str, Series]]:
+    """Write ``<panel>.png`` into ``out`` for each panel with data, alarms marked (``None``: the guard's default
+    rules replayed over the logs); return the curves drawn, by panel."""
     logs = list(logs)
     metrics = load_metrics(logs)
+    marks = alarm_marks(replay(metrics).alarms if alarms is None else alarms)
+    for step, rules in marks.items():
+        print(f"plot: guard alarm at step {step}: {rules}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     drawn = {}
@@ -88,7 +112,7 @@ def plot_training(logs: Iterable[str | Path], out: str | Path) -> dict[str, dict
             )
             continue
         path = out / f"{panel.name}.png"
-        _draw(panel, curves, path)
+        _draw(panel, curves, path, marks)
         print(f"plot: wrote {path} ({', '.join(curves)})")
         drawn[panel.name] = curves
     if not drawn:

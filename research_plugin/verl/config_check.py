@@ -8,7 +8,8 @@ reward option was dropped). :func:`check_config` checks, with :mod:`research_plu
 - the ``search_agent`` entries of ``actor_rollout_ref.rollout.agent.agent_loop_config_path`` (their keyword
   arguments are the same settings);
 - ``reward.custom_reward_function.reward_kwargs`` when the reward function is ours (``compute_score`` of
-  ``research_plugin``): scheme, dialect, eos_token and the :class:`~research_plugin.core.rewards.Options` fields.
+  ``research_plugin``): scheme, dialect, eos_token and the :class:`~research_plugin.core.rewards.Options` fields;
+- the ``guard`` block (:func:`check_guard`).
 
 :func:`install` runs it from verl's own start-up validation, ``verl.utils.config.validate_config``, which
 ``main_ppo`` (and the v0 and one-step-off-policy entry points) call in the driver right after Hydra composed the
@@ -52,10 +53,34 @@ def check_config(config: Any) -> None:
             if isinstance(entry, dict) and _is_search_agent(entry):
                 settings = {k: v for k, v in entry.items() if k not in ("name", "_target_")}
                 SearchAgentConfig.merged(settings, where=f"{where}: entry {entry.get('name')!r}")
+    if config.get("guard") is not None:
+        check_guard(config)
     fn = OmegaConf.select(config, "reward.custom_reward_function", default=None) or {}
     if _is_our_reward(fn.get("path"), fn.get("name")):
         where = f"{COMMAND_LINE}: reward.custom_reward_function.reward_kwargs"
         check_reward_kwargs(as_mapping(fn.get("reward_kwargs"), where), where)
+
+
+def check_guard(config: Any) -> None:
+    """The ``guard`` block (:mod:`research_plugin.core.guard`): its settings, and for ``rollback`` settings to change
+    that exist in this config and checkpoints to roll back to."""
+    from ..core.settings import SettingsError
+    from .guard import flatten, guard_config
+
+    where = f"{COMMAND_LINE}: guard"
+    guard = guard_config(config)
+    missing = object()
+    for key in flatten(guard.rollback_overrides):
+        if OmegaConf.select(config, key, default=missing) is missing:
+            raise SettingsError(f"{where}: rollback_overrides: {key!r} is not a setting of this config")
+    if guard.action == "rollback":
+        if not guard.rollback_overrides:
+            raise SettingsError(
+                f"{where}: action rollback needs rollback_overrides, the setting to change when rolling back (e.g. "
+                "{actor_rollout_ref: {actor: {optim: {lr: 1.0e-4}}}})"
+            )
+        if int(config.trainer.get("save_freq", -1) or -1) <= 0:
+            raise SettingsError(f"{where}: action rollback needs checkpoints to roll back to (trainer.save_freq > 0)")
 
 
 def _is_search_agent(entry: dict) -> bool:
@@ -83,6 +108,9 @@ def install(config_module: ModuleType) -> None:
     @functools.wraps(original)
     def validate_config(config, *args, **kwargs):
         check_config(config)
+        from .guard import install as install_guard
+
+        install_guard()  # the launcher's run_ppo: a guard stop exits with its reason, a rollback starts again
         return original(config, *args, **kwargs)
 
     validate_config._research_plugin_checks = True

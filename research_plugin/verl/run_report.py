@@ -22,6 +22,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from .guard import GuardSignal
 from .run_settings import record_run
 
 logger = logging.getLogger(__name__)
@@ -76,12 +77,19 @@ class RunReportMixin:
         except Exception as e:  # they fall back to their defaults, and say so
             logger.warning("run settings not recorded: %s: %s", type(e).__name__, e)
         start = time.monotonic()
-        result = super().fit(*args, **kwargs)
         try:
-            self._report(time.monotonic() - start)
+            result = super().fit(*args, **kwargs)
+        except GuardSignal:  # the guard ended the run (.guard): it still reports, its alarms included
+            self._report_safely(time.monotonic() - start)
+            raise
+        self._report_safely(time.monotonic() - start)
+        return result
+
+    def _report_safely(self, seconds: float) -> None:
+        try:
+            self._report(seconds)
         except Exception as e:  # a report that fails must not fail a finished run
             logger.warning("run report failed: %s: %s", type(e).__name__, e)
-        return result
 
     def _validate(self, *args, **kwargs):
         metrics = super()._validate(*args, **kwargs)
@@ -98,14 +106,17 @@ class RunReportMixin:
         trainer = self.config.trainer
         out = Path(trainer.default_local_dir)
         out.mkdir(parents=True, exist_ok=True)
-        lines = [(0, m) for step, m in self._report_validations if step == 0] + self._report_steps
+        prior = getattr(self, "_report_prior", [])  # the steps before a guard rollback's checkpoint
+        validations = [] if prior else [(0, m) for step, m in self._report_validations if step == 0]
+        lines = prior + validations + self._report_steps
         path = out / "metrics.jsonl"
         path.write_text("".join(json.dumps({"step": s, "data": m}) + "\n" for s, m in lines), encoding="utf-8")
         plots = out / "plots"
         try:
             from ..dynamics.plots import plot_training
 
-            plot_training([path], plots)
+            guard = getattr(self, "_guard", None)
+            plot_training([path], plots, alarms=guard.first_alarms() if guard is not None else None)
         except Exception as e:  # matplotlib missing, nothing to draw: the run still reports
             logger.warning("no plots: %s: %s", type(e).__name__, e)
         val = self.config.data.get("val_files")
@@ -116,6 +127,8 @@ class RunReportMixin:
                 val_files=val, retriever=_retriever_arg(self.config.get("search_agent", {}).get("retriever")),
             )
         )  # fmt: skip
+        for line in self._guard_summary() if hasattr(self, "_guard_summary") else []:
+            print(line)
 
 
 def _retriever_arg(spec) -> str | None:

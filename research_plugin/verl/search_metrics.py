@@ -12,8 +12,9 @@ Also ``search/masked_tokens/sum`` (response tokens with ``response_mask`` 0, as 
 ``search/retrieved_tokens/sum`` (tokens the agent loop inserted from the retriever): equal when exactly the
 retrieved tokens are masked.
 
-Select one with ``trainer.v1.trainer_mode=search_sync`` (the recipes do). They also end a run with its metrics,
-plots and a summary (:mod:`.run_report`).
+Select one with ``trainer.v1.trainer_mode=search_sync`` (the recipes do). They also watch the run for collapse
+(:mod:`.guard`: ``guard/*`` metrics; warn, stop or roll back) and end it with its metrics, plots and a summary
+(:mod:`.run_report`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from verl.trainer.ppo.v1.trainer_colocate_async import PPOTrainerColocateAsync
 from verl.trainer.ppo.v1.trainer_separate_async import PPOTrainerSeparateAsync
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
+from .guard import GuardMixin
 from .run_report import RunReportMixin
 
 REWARD_KEYS = ("score", "f1", "em", "cover_em", "acc_r", "subem", "format", "retrieval_hit", "truncated")
@@ -77,15 +79,15 @@ class SearchMetricsMixin:
 
 
 @register_trainer("search_sync")
-class SearchPPOTrainerSync(RunReportMixin, SearchMetricsMixin, PPOTrainerSync):
+class SearchPPOTrainerSync(RunReportMixin, GuardMixin, SearchMetricsMixin, PPOTrainerSync):
     pass
 
 
 @register_trainer("search_colocate_async")
-class SearchPPOTrainerColocateAsync(RunReportMixin, SearchMetricsMixin, PPOTrainerColocateAsync):
+class SearchPPOTrainerColocateAsync(RunReportMixin, GuardMixin, SearchMetricsMixin, PPOTrainerColocateAsync):
     pass
 
 
 @register_trainer("search_separate_async")
-class SearchPPOTrainerSeparateAsync(RunReportMixin, SearchMetricsMixin, PPOTrainerSeparateAsync):
+class SearchPPOTrainerSeparateAsync(RunReportMixin, GuardMixin, SearchMetricsMixin, PPOTrainerSeparateAsync):
     pass
