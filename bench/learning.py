@@ -37,7 +37,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from research_plugin.demo import policy as policies  # noqa: E402
-from research_plugin.verl.run_report import validation_means  # noqa: E402
+from research_plugin.dynamics.training_logs import validation_means  # noqa: E402
 
 RECIPES = REPO / "research_plugin" / "recipes"
 VARIANTS = {

@@ -23,17 +23,11 @@ from research_plugin.core.search_step import SearchAgentConfig
 from research_plugin.prepare import Source, prepare
 from research_plugin.recipes import recipes_dir
 
+from .recipe_config import compose_recipe as compose
+
 RECIPES_DIR = recipes_dir()
 RECIPES = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 FIXTURE = Path(__file__).parent / "fixtures" / "prepare" / "popqa_test.jsonl"
-
-
-def compose(name: str, overrides=()):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base=None):
-        return hydra_compose(config_name=name, overrides=list(overrides))
 
 
 def validate(config) -> None:

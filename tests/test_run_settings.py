@@ -12,6 +12,8 @@ import pytest
 
 from research_plugin.verl.run_settings import RECORD, run_settings_for
 
+from .recipe_config import compose_recipe
+
 RECORDED = {
     "search_agent": {
         "dialect": "research",
@@ -42,15 +44,11 @@ def make_run(root: Path, record: dict | None = RECORDED, step: int = 3) -> Path:
 
 
 def test_the_record_holds_the_recipes_search_reward_and_length_settings():
-    from hydra import compose, initialize_config_dir
-
     from research_plugin.demo.assets import fact_world, register_resolvers
-    from research_plugin.recipes import recipes_dir
     from research_plugin.verl.run_settings import settings_of
 
     register_resolvers()
-    with initialize_config_dir(config_dir=str(recipes_dir()), version_base=None):
-        config = compose(config_name="tiny_cpu_grpo", overrides=["search_agent.top_k=3"])
+    config = compose_recipe("tiny_cpu_grpo", ["search_agent.top_k=3"])
     got = settings_of(config)
     assert got["search_agent"] == {
         "dialect": "research",
@@ -136,7 +134,7 @@ def test_eval_of_the_main_jobs_folder_scores_as_its_last_validation(main_job_hf,
     """The summary's own ``research-plugin eval`` command on the run's validation questions: the run's search settings
     (2 passages of 192 tokens, not eval's 5 of 512), and the answer F1 the run's last validation logged."""
     from research_plugin.demo.assets import fact_world
-    from research_plugin.verl.run_report import validation_means
+    from research_plugin.dynamics.training_logs import validation_means
 
     run = main_job_hf["ckpt"]
     record = json.loads((run / RECORD).read_text())

@@ -19,6 +19,8 @@ from research_plugin.core.settings import SettingsError, read_mapping_file
 from research_plugin.recipes import recipes_dir
 from research_plugin.retrieval import check_spec
 
+from .recipe_config import compose_recipe as compose
+
 RIGHT = "<think>a</think><answer>\\boxed{Paris}</answer>"
 
 
@@ -200,14 +202,6 @@ def test_openrlhfs_executor_fails_when_built_not_in_an_episode(monkeypatch):
 
 
 # --- verl: the start-up check of a composed recipe, and verl's launcher ---------------------------------------------
-
-
-def compose(name: str, overrides=()):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(recipes_dir()), version_base=None):
-        return hydra_compose(config_name=name, overrides=list(overrides))
 
 
 def test_verl_start_up_check_of_the_shipped_recipe():

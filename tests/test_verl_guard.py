@@ -1,7 +1,7 @@
 """The guard in verl's trainer (research_plugin.verl.guard): the ``guard`` block checked at start-up, what the trainer
 modes do on an alarm (warn, stop, rollback), and the launcher's handling of a stop and a rollback. The trainer-loop
-tests drive the mixin over a stand-in for verl's ``fit`` loop (verl's needs Ray); the real run is checked by
-hand with the recipe (README, "Guardrails")."""
+tests drive the mixin over a stand-in for verl's ``fit`` loop (each case in seconds); the last test runs verl's own
+launcher and trainer on the sign-flipped control with ``stop``."""
 
 from __future__ import annotations
 
@@ -12,19 +12,12 @@ import pytest
 from omegaconf import OmegaConf
 
 from research_plugin.core.settings import SettingsError
-from research_plugin.recipes import recipes_dir
 from research_plugin.verl import guard as verl_guard
 from research_plugin.verl.guard import GuardMixin, GuardRollback, GuardStop, checkpoint_before, guarded
 
+from .recipe_config import compose_recipe as compose
+
 LR = "actor_rollout_ref.actor.optim.lr"
-
-
-def compose(name: str, overrides=()):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(recipes_dir()), version_base=None):
-        return hydra_compose(config_name=name, overrides=list(overrides))
 
 
 @pytest.mark.parametrize(
@@ -249,3 +242,27 @@ def test_install_wraps_the_launchers_run_ppo(monkeypatch):
     verl_guard.install()
     assert launcher.run_ppo._research_plugin_guard and launcher.run_ppo.__wrapped__.__name__ == "<lambda>"
     assert launcher.run_ppo(compose("tiny_cpu_grpo")) == "ran"
+
+
+# --- verl's own launcher and trainer ---------------------------------------------------------------------------------
+
+
+def test_verls_launcher_stops_the_sign_flipped_control_with_the_rule_that_names_it(tmp_path):
+    """The benchmark's sign-flipped control (GRPO's advantage negated: F1 and searches fall to 0 within two steps)
+    through ``python -m verl.trainer.main_ppo`` with ``guard.action=stop``: the guard raises an alarm by the first
+    validation after the fall, the launcher exits 3 with the reason, and ``guard.json`` records the stop."""
+    import os
+    import subprocess
+
+    from .main_job import load_bench
+
+    cmd = load_bench("learning").job_command("sign_flipped", 1, 6, 2, tmp_path, None, ["guard.action=stop"])
+    env = {**os.environ, "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == verl_guard.EXIT_STATUS, log[-4000:]
+    stopped = json.loads((tmp_path / "run" / verl_guard.GUARD_FILE).read_text())["stopped"]
+    assert stopped["step"] <= 4, stopped  # F1 is 0 at the step-2 validation in every benchmark seed
+    assert f"guard stopped the run at step {stopped['step']}" in log
+    assert re.search(r"(reward_hacking|search_collapse|format_fall) at step", stopped["reason"]), stopped
+    assert (tmp_path / "run" / f"global_step_{stopped['step']}" / "actor").is_dir()  # saved at the stop

@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ..dynamics.training_logs import validation_means
 from .settings import as_mapping, check_fields, check_keys, limits
 
 ACTIONS = ("off", "warn", "stop", "rollback")
@@ -51,7 +51,6 @@ SIGNALS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "entropy": (("actor/entropy",), ()),
 }
-_VAL = re.compile(r"^val-(?:core|aux)/(?P<source>.+)/(?P<var>[^/]+)/mean@\d+$")
 
 
 @dataclass(frozen=True)
@@ -307,16 +306,19 @@ class GuardConfig:
         values = check_fields(cls, as_mapping(data, where), where, "guard settings")
         rules = as_mapping(values.get("rules"), f"{where}: rules")
         check_keys(rules, RULE_NAMES, f"{where}: rules", "guard rule")
-        for name, params in rules.items():
-            check_fields(_RULE[name], as_mapping(params, f"{where}: rules.{name}"), f"{where}: rules.{name}", "setting")
-        values["rules"] = rules
+        values["rules"] = {
+            name: check_fields(
+                _RULE[name], as_mapping(params, f"{where}: rules.{name}"), f"{where}: rules.{name}", "setting"
+            )
+            for name, params in rules.items()
+        }
         values["rollback_overrides"] = as_mapping(values.get("rollback_overrides"), f"{where}: rollback_overrides")
         return cls(**values)
 
     def built_rules(self) -> list[Rule]:
-        """The enabled rules with their thresholds (defaults updated by :attr:`rules`)."""
+        """The enabled rules, their thresholds updated by :attr:`rules` (as :meth:`from_mapping` read them)."""
         given = self.rules or {}
-        rules = [cls(**check_fields(cls, given.get(cls.name) or {}, "guard.rules", "setting")) for cls in RULES]
+        rules = [cls(**(given.get(cls.name) or {})) for cls in RULES]
         return [r for r in rules if r.enabled]
 
 
@@ -326,12 +328,7 @@ _RULE = {r.name: r for r in RULES}
 def observations(metrics: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     """One step's metrics as ``{"train": {signal: value}, "val": {signal: value}}`` (:data:`SIGNALS`)."""
     numbers = {k: float(v) for k, v in metrics.items() if _is_number(v)}
-    val: dict[str, list[float]] = {}
-    for key, value in numbers.items():
-        m = _VAL.match(key)
-        if m:
-            val.setdefault(m["var"], []).append(value)
-    val_means = {var: sum(xs) / len(xs) for var, xs in val.items()}
+    val_means = validation_means(numbers)
     out: dict[str, dict[str, float]] = {"train": {}, "val": {}}
     for signal, (train_keys, val_vars) in SIGNALS.items():
         for stream, names, source in (("train", train_keys, numbers), ("val", val_vars, val_means)):

@@ -65,14 +65,12 @@ def demo_settings(model: str | None, questions_search: dict, given: dict) -> tup
     (``questions_search``) or the agent loop's defaults; the ``search_agent`` block they make (with the question
     set's retriever); lines saying which came from where."""
     from ..core.search_step import SearchAgentConfig
-    from ..verl.run_settings import choose, describe, recorded, run_settings_for
+    from ..verl.run_settings import resolve
 
-    found = run_settings_for(model) if model else None
-    record, path = found if found else (None, None)
     defaults = {**asdict(SearchAgentConfig()), **questions_search, "scheme": "research", "reward_options": {}}
-    values, sources = choose(RUN_SETTINGS, given, recorded(record), {**defaults, "response_length": 256})
+    values, sources = resolve(model, RUN_SETTINGS, given, {**defaults, "response_length": 256})
     agent = {k: values[k] for k in ("dialect", "top_k", "max_searches", "max_result_tokens", "prompt_format")}
-    return values, {**agent, "retriever": questions_search["retriever"]}, describe(values, sources, path)
+    return values, {**agent, "retriever": questions_search["retriever"]}, sources
 
 
 def run_demo(

@@ -6,13 +6,12 @@ dotted line at the step of each rule's first alarm, labelled with the rule."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.guard import Alarm, replay
-from .training_logs import Series, load_metrics
+from .training_logs import VAL_KEY, Series, load_metrics
 
 
 @dataclass(frozen=True)
@@ -32,8 +31,6 @@ PANELS = (
     Panel("searches", "Searches per trajectory", "searches", ("search/num_searches/mean",), ("num_searches",)),
 )
 
-_VAL = re.compile(r"^val-(?:core|aux)/(?P<source>.+)/(?P<var>[^/]+)/mean@(?P<n>\d+)$")
-
 
 def panel_curves(metrics: Mapping[str, Series], panel: Panel) -> dict[str, Series]:
     """The curves of one panel: ``"train"`` and ``"val/<benchmark>"``, those the logs have."""
@@ -43,7 +40,7 @@ def panel_curves(metrics: Mapping[str, Series], panel: Panel) -> dict[str, Serie
         curves["train"] = metrics[train]
     found: dict[str, dict[str, tuple[int, str]]] = {}  # benchmark -> var -> (largest N, key)
     for key in metrics:
-        m = _VAL.match(key)
+        m = VAL_KEY.match(key)
         if m and m["var"] in panel.val_vars:
             best = found.setdefault(m["source"], {}).get(m["var"])
             if best is None or int(m["n"]) > best[0]:

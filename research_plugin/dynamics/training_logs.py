@@ -27,6 +27,18 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STEP = re.compile(r"(?:^|[\s)])step:(\d+)(?= - |\s*$)")
 _NUMPY = re.compile(r"^np\.\w+\((.*)\)$")
 _CONSOLE_SUFFIXES = (".log", ".txt", ".out", ".err")
+VAL_KEY = re.compile(r"^val-(?:core|aux)/(?P<source>.+)/(?P<var>[^/]+)/mean@(?P<n>\d+)$")
+"""verl's validation metric names: ``val-core|val-aux/<benchmark>/<var>/mean@N``."""
+
+
+def validation_means(metrics: dict) -> dict[str, float]:
+    """``{var: mean over benchmarks}`` of one step's validation metrics (:data:`VAL_KEY`; non-numbers skipped)."""
+    found: dict[str, list[float]] = {}
+    for key, value in metrics.items():
+        m = VAL_KEY.match(key)
+        if m and isinstance(value, (int, float)) and not isinstance(value, bool):
+            found.setdefault(m["var"], []).append(float(value))
+    return {var: sum(xs) / len(xs) for var, xs in found.items()}
 
 
 def _number(text: str) -> float | None:

@@ -143,13 +143,11 @@ def with_run(settings: EvalSettings) -> tuple[EvalSettings, str]:
     """``settings`` with each of :data:`RUN_SETTINGS` that the command line left unset taken from the training run
     ``settings.model`` comes from (:mod:`research_plugin.verl.run_settings`), else from :func:`eval_defaults`; and
     lines saying which came from where."""
-    from research_plugin.verl.run_settings import choose, describe, recorded, run_settings_for
+    from research_plugin.verl.run_settings import resolve
 
-    found = None if settings.model.startswith(("http://", "https://")) else run_settings_for(settings.model)
-    record, path = found if found else (None, None)
     given = {name: getattr(settings, name) for name in RUN_SETTINGS}
-    values, sources = choose(RUN_SETTINGS, given, recorded(record), eval_defaults())
-    return replace(settings, **values), describe(values, sources, path)
+    values, sources = resolve(settings.model, RUN_SETTINGS, given, eval_defaults())
+    return replace(settings, **values), sources
 
 
 def _check_resume(out: Path, identity: dict[str, Any]) -> None:

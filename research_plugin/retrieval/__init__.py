@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..core.settings import plain
 from .base import Passage, Retriever, SearchResult, iter_corpus
 
 __all__ = [
@@ -123,16 +124,7 @@ def _normalise(spec: RetrieverSpec) -> dict[str, Any]:
         raise ValueError(f"retriever spec string must be 'demo' or an http(s):// url, got {spec!r}")
     if not isinstance(spec, Mapping):
         raise TypeError(f"retriever spec must be a mapping or a string, got {type(spec).__name__}")
-    return _plain(spec)
-
-
-def _plain(value: Any) -> Any:
-    """Nested mappings / sequences (config objects included) as dicts / lists."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        return [_plain(v) for v in value]
-    return value
+    return plain(spec)
 
 
 def check_spec(spec: Any, where: str = "retriever spec") -> RetrieverSpec:
@@ -173,7 +165,7 @@ def build_retriever(spec: RetrieverSpec) -> Retriever:
 
 
 def _freeze(value: Any) -> Hashable:
-    """A hashable key for a :func:`_plain` value, insensitive to mapping order."""
+    """A hashable key for a plain (dict / list) spec value, insensitive to mapping order."""
     if isinstance(value, dict):
         return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
     if isinstance(value, list):

@@ -225,7 +225,7 @@ def _signal_in(error: BaseException) -> GuardSignal | None:
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, GuardSignal) and type(error) in (GuardStop, GuardRollback):
+        if isinstance(error, (GuardStop, GuardRollback)):
             return error
         error = getattr(error, "cause", None) or error.__cause__
     return None

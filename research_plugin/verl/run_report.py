@@ -17,28 +17,17 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..dynamics.training_logs import validation_means
 from .guard import GuardSignal
 from .run_settings import record_run
 
 logger = logging.getLogger(__name__)
 
-_VAL = re.compile(r"^val-(?:core|aux)/(?P<source>[^/]+)/(?P<var>[^/]+)/mean@\d+$")
 REPORTED = (("reward", ("reward", "score")), ("answer F1", ("f1",)), ("searches / question", ("num_searches",)))
-
-
-def validation_means(metrics: Mapping[str, float]) -> dict[str, float]:
-    """``{var: mean over benchmarks}`` of verl's validation metrics (``val-core/<source>/<var>/mean@N``)."""
-    sums: dict[str, list[float]] = {}
-    for key, value in metrics.items():
-        m = _VAL.match(key)
-        if m and isinstance(value, (int, float)):
-            sums.setdefault(m["var"], []).append(float(value))
-    return {var: sum(xs) / len(xs) for var, xs in sums.items()}
 
 
 def latest_hf_checkpoint(root: str | Path) -> Path | None:

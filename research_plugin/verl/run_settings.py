@@ -123,3 +123,16 @@ def describe(values: Mapping[str, Any], sources: Mapping[str, list[str]], path: 
     return "\n".join(
         f"  {label[source]}: {', '.join(show(n) for n in names)}" for source, names in sources.items() if names
     )
+
+
+def resolve(
+    model: str | Path | None, names: tuple[str, ...], given: Mapping[str, Any], defaults: Mapping[str, Any]
+) -> tuple[dict[str, Any], str]:
+    """Each of ``names`` from ``given`` (the command line, not None), else the record of the run ``model`` comes
+    from (:func:`run_settings_for`; an endpoint URL has none), else ``defaults``; and lines saying which came from
+    where (:func:`describe`)."""
+    remote = model is None or str(model).startswith(("http://", "https://"))
+    found = None if remote else run_settings_for(model)
+    record, path = found if found else (None, None)
+    values, sources = choose(names, given, recorded(record), defaults)
+    return values, describe(values, sources, path)
