@@ -221,13 +221,15 @@ class GuardMixin:
 
 
 def _signal_in(error: BaseException) -> GuardSignal | None:
-    """The :class:`GuardSignal` behind ``error`` (a Ray task error wraps it as ``cause``)."""
+    """The :class:`GuardSignal` behind ``error``. A Ray task error wraps it as ``cause``; the wrapper is an instance
+    of the cause's class too (``as_instanceof_cause``) but carries only ``(cause,)`` as its ``args``: unwrap first."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, (GuardStop, GuardRollback)):
+        cause = getattr(error, "cause", None)
+        if isinstance(error, GuardSignal) and cause is None:
             return error
-        error = getattr(error, "cause", None) or error.__cause__
+        error = cause or error.__cause__
     return None
 
 
