@@ -39,7 +39,6 @@ import socket
 import sys
 import threading
 import time
-import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -57,7 +56,7 @@ from fastapi.responses import JSONResponse  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from research_plugin.retrieval.base import Passage, Retriever, SearchResult  # noqa: E402
+from research_plugin.retrieval.latency import LatencyRetriever  # noqa: E402
 
 HOST = "127.0.0.1"
 TOP_K = 3  # Search-R1's default topk
@@ -231,46 +230,6 @@ def build_index(backend: str, corpus_path: Path, index_dir: Path, passage_tokens
 # a backend of set latency: the regime of a GPU box, reproduced on any machine
 
 
-class LatencyRetriever(Retriever):
-    """Answers after ``stages`` of ``fixed_ms + per_query_ms * batch`` each, slept (so it takes no CPU, as an
-    accelerator would not), each stage behind its own lock: with two stages (an encoder on a GPU, a scan on the CPU)
-    two batches overlap, and ``parallel_batches`` says so. Every query gets the same ``TOP_K`` passages back for the
-    same text."""
-
-    name = "latency"
-
-    def __init__(self, stages: list[tuple[float, float]]) -> None:
-        self.stages = [(fixed / 1000.0, per_query / 1000.0) for fixed, per_query in stages]
-        self.parallel_batches = len(self.stages)
-        self._async_locks: list[asyncio.Lock] | None = None
-        self._thread_locks = [threading.Lock() for _ in self.stages]
-
-    def describe(self) -> str:
-        return "latency(" + "; ".join(f"{f * 1e3:g} ms + {p * 1e3:g} ms/query" for f, p in self.stages) + ")"
-
-    async def _search(self, queries: list[str], top_k: int) -> list[SearchResult]:
-        if self._async_locks is None:  # made in the loop that searches
-            self._async_locks = [asyncio.Lock() for _ in self.stages]
-        for (fixed, per_query), lock in zip(self.stages, self._async_locks):
-            async with lock:
-                await asyncio.sleep(fixed + per_query * len(queries))
-        return [self._result(q, top_k) for q in queries]
-
-    def _search_sync(self, queries: list[str], top_k: int) -> list[SearchResult]:
-        for (fixed, per_query), lock in zip(self.stages, self._thread_locks):
-            with lock:
-                time.sleep(fixed + per_query * len(queries))
-        return [self._result(q, top_k) for q in queries]
-
-    def _result(self, query: str, top_k: int) -> SearchResult:
-        first = zlib.crc32(query.encode())
-        return SearchResult([_MADE_UP[(first + i) % len(_MADE_UP)] for i in range(top_k)])
-
-
-_MADE_UP = [Passage(f"p{i}", "T", "lorem ipsum dolor sit amet " * 20, 1.0) for i in range(1000)]
-"""The set-latency backend's passages (~100 words each, a wiki-18 passage's length)."""
-
-
 def parse_latency(text: str) -> list[tuple[float, float]]:
     """``"FIXED_MS,PER_QUERY_MS[;FIXED_MS,PER_QUERY_MS]"`` -> stages."""
     stages = [tuple(float(x) for x in part.split(",")) for part in text.split(";") if part.strip()]
@@ -280,9 +239,7 @@ def parse_latency(text: str) -> list[tuple[float, float]]:
 
 
 def make_backend(spec: dict[str, Any]) -> Any:
-    """The backend a spec names: the latency stand-in, or a real retriever."""
-    if spec["type"] == LATENCY:
-        return LatencyRetriever(spec["stages"])
+    """The backend a spec names: the latency stand-in (``research_plugin.retrieval.latency``) or a real retriever."""
     from research_plugin.retrieval import build_retriever
 
     return build_retriever(spec)
@@ -1031,7 +988,7 @@ def run_one_backend(
     spec: dict[str, Any]
     if build is None:
         spec = {"type": LATENCY, "stages": args.stages}
-        print(f"backend: {LatencyRetriever(args.stages).describe()}, no index")
+        print(f"backend: {LatencyRetriever([list(s) for s in args.stages]).describe()}, no index")
     else:
         index_dir = _index_dir(args.work_dir, backend_name, args.passages, args.seed, args.passage_tokens)
         print(

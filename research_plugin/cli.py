@@ -163,15 +163,19 @@ def cmd_demo(args) -> int:
 
 
 def retriever_spec(value: str) -> dict | str:
-    """A retriever spec from a command-line value: 'demo', an http(s):// URL, a jsonl corpus (BM25) or a saved index
-    folder (its manifest names the backend that loads it; a bare pyserini / Anserini index is served by lucene)."""
+    """A retriever spec from a command-line value: 'demo', an http(s):// URL, a jsonl corpus (BM25), a saved index
+    folder (its manifest names the backend that loads it; a bare pyserini / Anserini index is served by lucene) or
+    a JSON spec (``{"type": "latency", "stages": [[66.8, 0.807]]}``)."""
     from pathlib import Path
 
-    from .core.settings import read_mapping_file
+    from .core.settings import parse_json, read_mapping_file
+    from .retrieval import check_spec
     from .retrieval.lucene import is_lucene_index
 
     if value == "demo" or value.startswith(("http://", "https://")):
         return value
+    if value.lstrip().startswith("{"):
+        return dict(check_spec(parse_json(value, "retriever spec"), "retriever spec"))
     path = Path(value)
     if is_lucene_index(path) and not (path / "manifest.json").exists():
         return {"type": "lucene", "index_dir": str(path)}
@@ -180,7 +184,9 @@ def retriever_spec(value: str) -> dict | str:
         return {"type": manifest.get("backend", "bm25"), "index_dir": str(path)}
     if path.is_file():
         return {"type": "bm25", "corpus": str(path)}
-    raise ValueError(f"a retriever must be 'demo', an http(s):// URL, a jsonl corpus or an index folder, not {value!r}")
+    raise ValueError(
+        f"a retriever must be 'demo', an http(s):// URL, a jsonl corpus, an index folder or a JSON spec, not {value!r}"
+    )
 
 
 DENSE_SERVE_OPTIONS = ("device", "encoder_dtype", "nprobe", "ef_search")
@@ -236,7 +242,7 @@ def cmd_serve(args) -> int:
             spec.update(dense)
         app = create_app(
             partial(build_retriever, spec),
-            index_id="demo" if spec == "demo" else str(index.resolve()),
+            index_id=args.index if spec == "demo" or args.index.lstrip().startswith("{") else str(index.resolve()),
             max_batch=args.max_batch,
             batch_window_ms=args.batch_window_ms,
             max_queue=args.max_queue,

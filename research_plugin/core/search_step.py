@@ -85,14 +85,39 @@ class SearchCounters:
         return dataclasses.asdict(self)
 
 
-class SearchStep:
-    """The search steps of one trajectory (see the module docstring); ``tokenizer`` is the policy's (HF)."""
+class CPUMeter:
+    """The CPU one coroutine spends itself: its thread's CPU time outside the awaits wrapped in :meth:`wait` (while
+    it waits, the event loop runs other coroutines on the same thread)."""
 
-    def __init__(self, cfg: SearchAgentConfig, tokenizer: Any) -> None:
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._since = time.thread_time()
+
+    async def wait(self, awaitable: Any) -> Any:
+        self.seconds += time.thread_time() - self._since
+        try:
+            return await awaitable
+        finally:
+            self._since = time.thread_time()
+
+    def total(self) -> float:
+        """Seconds so far (the meter keeps running)."""
+        now = time.thread_time()
+        self.seconds += now - self._since
+        self._since = now
+        return self.seconds
+
+
+class SearchStep:
+    """The search steps of one trajectory (see the module docstring); ``tokenizer`` is the policy's (HF). The
+    adapter's own awaits go through :attr:`cpu` too, so it measures the trajectory's agent-side CPU."""
+
+    def __init__(self, cfg: SearchAgentConfig, tokenizer: Any, cpu: CPUMeter | None = None) -> None:
         self.cfg = cfg
         self.dialect: Dialect = get_dialect(cfg.dialect)
         self.tokenizer = tokenizer
         self.counters = SearchCounters()
+        self.cpu = cpu or CPUMeter()
         self.results = 0
         """Result blocks appended."""
 
@@ -135,8 +160,9 @@ class SearchStep:
         """One search, bounded in time; any failure becomes an error result, never an exception."""
         start = time.perf_counter()
         try:
-            retriever = await asyncio.to_thread(get_retriever, self.cfg.retriever)
-            (result,) = await asyncio.wait_for(retriever.search([query], self.cfg.top_k), self.cfg.search_timeout)
+            retriever = await self.cpu.wait(asyncio.to_thread(get_retriever, self.cfg.retriever))
+            search = asyncio.wait_for(retriever.search([query], self.cfg.top_k), self.cfg.search_timeout)
+            (result,) = await self.cpu.wait(search)
         except asyncio.TimeoutError:
             result = SearchResult([], error=f"timed out after {self.cfg.search_timeout:g}s")
         except Exception as e:  # the step goes on; the failure is recorded in the trajectory

@@ -75,6 +75,14 @@ def _ray(**options: Any) -> Retriever:
     return RayActorRetriever(**options)
 
 
+def _latency(**options: Any) -> Retriever:
+    """``LatencyRetriever``: a stand-in of set latency with made-up passages, for measuring what a real index's
+    timing does to a rollout (``bench/rollout_scale.py``)."""
+    from .latency import LatencyRetriever
+
+    return LatencyRetriever(**options)
+
+
 def _web(**options: Any) -> Retriever:
     """``WebSearchRetriever`` (Serper / SerpApi), imported on use; its API key comes from the environment."""
     from .web import WebSearchRetriever
@@ -89,6 +97,7 @@ RETRIEVER_TYPES: dict[str, Callable[..., Retriever]] = {
     "lucene": _lucene,
     "ray": _ray,
     "web": _web,
+    "latency": _latency,
 }
 
 RETRIEVER_CLASSES: dict[str, tuple[str, str]] = {
@@ -98,6 +107,7 @@ RETRIEVER_CLASSES: dict[str, tuple[str, str]] = {
     "lucene": (".lucene", "LuceneRetriever"),
     "ray": (".ray_backend", "RayActorRetriever"),
     "web": (".web", "WebSearchRetriever"),
+    "latency": (".latency", "LatencyRetriever"),
 }
 """The class each type builds (module, name): :func:`check_spec` checks a spec's keys against its constructor."""
 

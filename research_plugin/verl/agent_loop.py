@@ -35,7 +35,7 @@ from verl.utils.rollout_trace import rollout_trace_op
 
 from ..core.dialects import get_dialect
 from ..core.row_settings import RowSettings, row_settings
-from ..core.search_step import SearchAgentConfig, SearchStep
+from ..core.search_step import CPUMeter, SearchAgentConfig, SearchStep
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
@@ -110,12 +110,13 @@ class SearchAgentLoop(AgentLoopBase):
 
     @rollout_trace_op
     async def run(self, sampling_params: dict[str, Any], priority: int = 0, **kwargs) -> AgentLoopOutput:
+        cpu = CPUMeter()
         extra_info = _to_dict(kwargs.get("extra_info"))
         row = self._settings_for(extra_info)
         cfg = row.search
-        step = SearchStep(cfg, self.tokenizer)
+        step = SearchStep(cfg, self.tokenizer, cpu)
         dialect = step.dialect
-        prompt_ids = await self._prompt_ids(kwargs["raw_prompt"], row, extra_info)
+        prompt_ids = await cpu.wait(self._prompt_ids(kwargs["raw_prompt"], row, extra_info))
         request_id = f"det-{int(priority)}" if getattr(self.rollout_config, "full_determinism", False) else uuid4().hex
         stop_ids = self._encode(dialect.stop)
         traj = _Trajectory()
@@ -131,8 +132,10 @@ class SearchAgentLoop(AgentLoopBase):
             if len(stop_ids) == 1:  # engines without stop strings (SGLang) still stop on a one-token close tag
                 params["stop_token_ids"] = sorted(set(params.get("stop_token_ids") or []) | set(stop_ids))
             start = time.perf_counter()
-            out = await self.server_manager.generate(
-                request_id=request_id, prompt_ids=prompt_ids + traj.response_ids, sampling_params=params
+            out = await cpu.wait(
+                self.server_manager.generate(
+                    request_id=request_id, prompt_ids=prompt_ids + traj.response_ids, sampling_params=params
+                )
             )
             traj.generate_s += time.perf_counter() - start
             traj.generations += 1
@@ -164,6 +167,7 @@ class SearchAgentLoop(AgentLoopBase):
             **step.counters.as_dict(),
             ended_by_eos=ended_by_eos,
             dialect=dialect.name,
+            agent_cpu_s=cpu.total(),
             turn_scores=[],
             tool_rewards=[],
         )

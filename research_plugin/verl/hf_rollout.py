@@ -31,8 +31,8 @@ logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
 NAME = "hf"
 
 
-def server_name(replica_rank: int, node_rank: int = 0) -> str:
-    return f"{NAME}_server_{replica_rank}_{node_rank}"
+def server_name(replica_rank: int, node_rank: int = 0, backend: str = NAME) -> str:
+    return f"{backend}_server_{replica_rank}_{node_rank}"
 
 
 class HFRolloutServer:
@@ -138,19 +138,23 @@ class HFRolloutServer:
 class HFReplica(RolloutReplica):
     """One ``HFRolloutServer`` per replica, on the node of the replica's first worker."""
 
+    backend = NAME
+    server_class = HFRolloutServer
+
     async def launch_servers(self):
         node_id = (
             await self.workers[0].__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id())
             if self.workers
             else ray.get_runtime_context().get_node_id()
         )
+        name = server_name(self.replica_rank, backend=self.backend) + self.name_suffix
         server = (
-            ray.remote(HFRolloutServer)
+            ray.remote(self.server_class)
             .options(
                 scheduling_strategy=ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
                     node_id=node_id, soft=False
                 ),
-                name=server_name(self.replica_rank) + self.name_suffix,
+                name=name,
                 num_cpus=0,
                 max_concurrency=self.max_concurrency,
             )
@@ -158,7 +162,7 @@ class HFReplica(RolloutReplica):
         )
         self.servers = [server]
         self._server_handle = server
-        self._server_address = server_name(self.replica_rank) + self.name_suffix  # a router key, not a URL
+        self._server_address = name  # a router key, not a URL
 
     def rollout_worker_use_gpu(self) -> bool:
         return False
@@ -166,6 +170,8 @@ class HFReplica(RolloutReplica):
 
 class HFServerAdapter(BaseRollout):
     """Trainer-side handle of an ``HFRolloutServer``: forwards resume/release and the weights after each step."""
+
+    backend = NAME
 
     def __init__(self, config, model_config, device_mesh, replica_rank: int = -1):
         super().__init__(config, model_config, device_mesh)
@@ -179,7 +185,7 @@ class HFServerAdapter(BaseRollout):
     @property
     def server(self):
         if self._server is None:
-            self._server = ray.get_actor(server_name(self.replica_rank))
+            self._server = ray.get_actor(server_name(self.replica_rank, backend=self.backend))
         return self._server
 
     async def resume(self, tags: list[str]):

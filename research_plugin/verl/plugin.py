@@ -5,7 +5,8 @@ Importing this module registers, with verl's own registries:
 - the ``cpu`` platform (``PlatformRegistry``), used only where ``VERL_PLATFORM=cpu`` selects it: in the shell, or
   in the run's Ray runtime environment as the CPU recipes set it (then in the launcher's process too);
 - the ``hf`` rollout backend (``RolloutReplicaRegistry`` + the trainer-side rollout registry): HF transformers
-  generation on CPU;
+  generation on CPU; and the ``sim`` backend (:mod:`.sim_rollout`): a GPU engine's timing with scripted text, for
+  measuring rollouts at scale;
 - the ``search_sync`` / ``search_colocate_async`` / ``search_separate_async`` trainer modes
   (``register_trainer``): verl's trainers plus per-step search metrics;
 - a start-up check of the plugin's settings in the trainer config (:mod:`.config_check`, run by verl's
@@ -33,20 +34,27 @@ from .import_hooks import when_imported
 REGISTERED_AGENT_LOOPS = ("search_agent",)
 REGISTERED_TRAINERS = ("search_sync", "search_colocate_async", "search_separate_async")
 HF_ROLLOUT = "hf"
+ROLLOUT_BACKENDS = {HF_ROLLOUT: "hf_rollout.HF", "sim": "sim_rollout.Sim"}
+"""Rollout backend name -> ``module.ClassPrefix`` of its ``...Replica`` and ``...ServerAdapter``."""
 
 
 def _import(name: str):
     return lambda module: importlib.import_module(name)
 
 
-def _register_hf_replica(replica) -> None:
-    replica.RolloutReplicaRegistry.register(
-        HF_ROLLOUT, lambda: importlib.import_module(f"{__package__}.hf_rollout").HFReplica
-    )
+def _replica_loader(target: str):
+    module, prefix = target.rsplit(".", 1)
+    return lambda: getattr(importlib.import_module(f"{__package__}.{module}"), f"{prefix}Replica")
 
 
-def _register_hf_adapter(base) -> None:
-    base._ROLLOUT_REGISTRY[(HF_ROLLOUT, "async")] = f"{__package__}.hf_rollout.HFServerAdapter"
+def _register_replicas(replica) -> None:
+    for name, target in ROLLOUT_BACKENDS.items():
+        replica.RolloutReplicaRegistry.register(name, _replica_loader(target))
+
+
+def _register_adapters(base) -> None:
+    for name, target in ROLLOUT_BACKENDS.items():
+        base._ROLLOUT_REGISTRY[(name, "async")] = f"{__package__}.{target}ServerAdapter"
 
 
 vllm_cpu.install()
@@ -54,7 +62,7 @@ register_resolvers()
 when_imported("verl.utils.distributed", cpu_platform.install)
 when_imported("verl.utils.device", cpu_platform.install_selection)
 when_imported("verl.experimental.agent_loop.agent_loop", _import(f"{__package__}.agent_loop"))  # @register
-when_imported("verl.workers.rollout.replica", _register_hf_replica)
-when_imported("verl.workers.rollout.base", _register_hf_adapter)
+when_imported("verl.workers.rollout.replica", _register_replicas)
+when_imported("verl.workers.rollout.base", _register_adapters)
 when_imported("verl.trainer.ppo.v1", _import(f"{__package__}.search_metrics"))  # @register_trainer
 when_imported("verl.utils.config", lambda m: importlib.import_module(f"{__package__}.config_check").install(m))

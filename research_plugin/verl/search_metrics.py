@@ -6,7 +6,9 @@ loop reports per trajectory. The trainer modes registered here (``search_sync``,
 step, ``search/<key>/mean|min|max`` over the step's trajectories for:
 
 - the reward parts of ``research_plugin.compute_score``: score, f1, em, cover_em, acc_r, subem, format, truncated;
-- the agent loop's counters: num_searches, num_failed_searches, num_invalid_queries, retrieved_tokens, retrieval_s.
+- the agent loop's counters: num_searches, num_failed_searches, num_invalid_queries, retrieved_tokens, retrieval_s,
+  and agent_cpu_s (the CPU seconds the agent loop's own code spent on the trajectory: parsing, searching,
+  tokenising; not the waits for the engine and the retriever).
 
 Also ``search/masked_tokens/sum`` (response tokens with ``response_mask`` 0, as the loss sees them) next to
 ``search/retrieved_tokens/sum`` (tokens the agent loop inserted from the retriever): equal when exactly the
@@ -32,7 +34,9 @@ from .guard import GuardMixin
 from .run_report import RunReportMixin
 
 REWARD_KEYS = ("score", "f1", "em", "cover_em", "acc_r", "subem", "format", "retrieval_hit", "truncated")
-LOOP_KEYS = ("num_searches", "num_failed_searches", "num_invalid_queries", "retrieved_tokens", "retrieval_s")
+LOOP_KEYS = (
+    "num_searches", "num_failed_searches", "num_invalid_queries", "retrieved_tokens", "retrieval_s", "agent_cpu_s"
+)  # fmt: skip
 
 
 def search_metrics(extra_fields: Iterable[Mapping | None], prefix: str = "search") -> dict[str, float]:
