@@ -58,8 +58,8 @@ async def request_with_retries(
                 status, reason, body = resp.status, resp.reason or "", await resp.read()
                 retry_after = _retry_after(resp.headers.get("Retry-After"))
         except asyncio.TimeoutError:
-            total = session.timeout.total
-            error, retryable = (f"timed out after {total:g}s" if total else "timed out"), True
+            limit = session.timeout.total or session.timeout.sock_read
+            error, retryable = (f"timed out after {limit:g}s" if limit else "timed out"), True
         except (aiohttp.ClientError, OSError) as e:
             error, retryable = f"{type(e).__name__}: {e}", True
         else:

@@ -344,3 +344,34 @@ def test_bad_settings_are_clear_errors():
     with pytest.raises(ValueError, match="mask_results must be true or false"):
         SearchAgentConfig.merged({"mask_results": "no"})
     assert SearchAgentConfig.merged({"top_k": 3}, None, {"top_k": 4}).top_k == 4
+
+
+@pytest.mark.parametrize("cap", [1024, 20])
+def test_result_ids_are_the_result_blocks_tokens_and_repeat_from_the_cache(tiny_model_dir, cap):
+    """What the verl loop appends is exactly the tokenised ``result_block`` text, cut or not; a second trajectory
+    that gets the same passages takes the ids from the process's cache, and a notice is never cut."""
+    import asyncio
+
+    from transformers import AutoTokenizer
+
+    from research_plugin.core import search_step
+    from research_plugin.core.search_step import SearchAgentConfig, SearchStep
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    spec = {"type": "latency", "stages": [[0, 0]], "words": 30}
+    cfg = SearchAgentConfig(retriever=spec, top_k=3, max_result_tokens=cap, max_searches=1)
+    segment = "<think> x </think>\n<search> who founded Orvell </search>"
+
+    async def both(step):
+        return await step.result_ids(segment), await SearchStep(cfg, tok).result_block(segment)
+
+    ids, text = asyncio.run(both(SearchStep(cfg, tok)))
+    assert ids == tok.encode(text, add_special_tokens=False)
+    assert (" ..." in text) == (cap == 20)
+    cache = search_step._encoded_blocks(tok)
+    assert len(cache) >= 1
+    step = SearchStep(cfg, tok)
+    again = asyncio.run(step.result_ids(segment))
+    assert again == ids and step.counters.num_searches == 1  # searched, then tokenised from the cache
+    notice = asyncio.run(step.result_ids(segment))  # past max_searches: a notice, whole however small the cap
+    assert "Search limit of 1 reached" in tok.decode(notice)

@@ -26,6 +26,8 @@ print(json.dumps({"entry": entry, "cls": cls.__name__ if cls else None,
                   "platform": getattr(PlatformRegistry.get("cpu"), "__name__", None),
                   "replica": "hf" in RolloutReplicaRegistry._registry,
                   "rollout": _ROLLOUT_REGISTRY.get(("hf", "async")),
+                  "sim": [RolloutReplicaRegistry.get("sim").__name__ if "sim" in RolloutReplicaRegistry._registry
+                          else None, _ROLLOUT_REGISTRY.get(("sim", "async"))],
                   "trainers": sorted(k for k in trainer_base.TRAINER_REGISTRY if k.startswith("search_")),
                   "pg_hook": [getattr(m.initialize_global_process_group_ray, "research_plugin_cpu", False)
                               for m in (dist, engine_workers)],
@@ -56,6 +58,7 @@ def test_import_verl_registers_cpu_platform_hf_rollout_and_trainer_modes():
     got = probe(VERL_USE_EXTERNAL_PLUGINS="auto")
     assert got["platform"] == "PlatformCPU"
     assert got["replica"] and got["rollout"] == "research_plugin.verl.hf_rollout.HFServerAdapter"
+    assert got["sim"] == ["SimReplica", "research_plugin.verl.sim_rollout.SimServerAdapter"]
     assert got["trainers"] == ["search_colocate_async", "search_separate_async", "search_sync"]
     # verl's process-group helper is hooked, also where a verl module bound it by name
     assert got["pg_hook"] == [True, True]
@@ -66,4 +69,5 @@ def test_import_verl_registers_cpu_platform_hf_rollout_and_trainer_modes():
 def test_registration_comes_from_the_entry_point():
     got = probe(VERL_USE_EXTERNAL_PLUGINS="none")
     assert got["entry"] is None and got["platform"] is None and not got["replica"] and got["trainers"] == []
+    assert got["sim"] == [None, None]
     assert got["pg_hook"] == [False, False] and got["select_hook"] is False

@@ -30,6 +30,8 @@ from research_plugin.retrieval import (
     Retriever,
     SearchResult,
     build_retriever,
+    built_retriever,
+    check_spec,
     get_retriever,
     iter_corpus,
 )
@@ -294,6 +296,12 @@ async def slow(request: web.Request) -> web.Response:
     return web.json_response({"result": [[]]})
 
 
+async def a_quarter_second(request: web.Request) -> web.Response:
+    body = await request.json()
+    await asyncio.sleep(0.25)
+    return web.json_response({"result": [[{"id": q, "contents": '"T"\nx'}] for q in body["queries"]]})
+
+
 async def flashrag_style(request: web.Request) -> web.Response:
     body = await request.json()
     return web.json_response({"result": [[{"id": "f1", "contents": '"Flash"\nRAG style'}] for _ in body["queries"]]})
@@ -310,6 +318,7 @@ def server(bm25: BM25Retriever) -> Iterator[LocalServer]:
             "/rate_limited": fails_then_succeeds(bm25, 1, 429, {"Retry-After": "0.3"}),
             "/rate_limited_long": fails_then_succeeds(bm25, 1, 429, {"Retry-After": "120"}),
             "/slow": slow,
+            "/quarter_second": a_quarter_second,
             "/not_json": body_handler("<html>oops"),
             "/wrong_count": body_handler('{"result": [[]]}'),
             "/wrong_shape": body_handler('{"result": [{"id": 1}, {"id": 2}]}'),
@@ -380,6 +389,23 @@ def test_http_timeout_gives_error_in_bounded_time(server: LocalServer) -> None:
     assert r.passages == [] and r.error == "timed out after 0.3s (after 2 attempts)"
     assert 0.6 <= elapsed < 2.5
     assert len(server.hits["/slow"]) == 2
+
+
+def test_waiting_for_one_of_the_sessions_connections_is_not_a_timeout(server: LocalServer) -> None:
+    """150 searches at once through one session (aiohttp keeps 100 connections): the last 50 wait ~0.25 s for a
+    connection, then the server takes 0.25 s, past the 0.4 s timeout in all; the timeout bounds the server only."""
+    retriever = client(server.url("/quarter_second"), timeout=0.4, max_retries=0)
+
+    async def go() -> list[SearchResult]:
+        try:
+            return [r for rs in await asyncio.gather(*(retriever.search([f"q{i}"], 1) for i in range(150))) for r in rs]
+        finally:
+            await retriever.close()
+
+    start = time.monotonic()
+    results = asyncio.run(go())
+    assert [r.error for r in results] == [None] * 150 and [r.passages[0].id for r in results[-2:]] == ["q148", "q149"]
+    assert time.monotonic() - start >= 0.5  # two rounds of the pool
 
 
 def test_http_connection_refused_gives_error() -> None:
@@ -488,7 +514,9 @@ def test_registry_demo_shorthand_and_new_backend(monkeypatch: pytest.MonkeyPatch
 
 def test_get_retriever_caches_per_spec(corpus_path: Path, tmp_path: Path) -> None:
     spec = {"type": "bm25", "corpus": str(corpus_path), "index_dir": str(tmp_path / "idx")}
+    assert built_retriever(spec) is None  # looked up without building
     first = get_retriever(spec)
+    assert built_retriever(dict(spec)) is first
     assert get_retriever(dict(reversed(list(spec.items())))) is first
     assert get_retriever({**spec, "stemmer": None}) is not first
     url = f"http://127.0.0.1:1/retrieve?{os.getpid()}"
@@ -504,3 +532,20 @@ def test_get_retriever_is_thread_safe(corpus_path: Path, tmp_path: Path) -> None
     for t in threads:
         t.join(30)
     assert len(got) == 8 and all(r is got[0] for r in got)
+
+
+def test_the_set_latency_retriever_takes_its_time_and_serves_every_event_loop() -> None:
+    """``{"type": "latency"}``: answers after its stages' time, the same passages for the same query; one
+    process-wide instance searched from two event loops in turn (``asyncio.run`` twice) answers both."""
+    import time
+
+    spec = {"type": "latency", "stages": [[30, 1]], "words": 10}
+    retriever = get_retriever(check_spec(spec))
+    start = time.perf_counter()
+    first = asyncio.run(retriever.search(["a", "b"], 3))
+    assert time.perf_counter() - start >= 0.031
+    again = asyncio.run(get_retriever(spec).search(["a"], 3))
+    assert [p.id for p in again[0].passages] == [p.id for p in first[0].passages] and len(first[1].passages) == 3
+    assert len(first[0].passages[0].text.split()) == 10 and again[0].error is None
+    with pytest.raises(Exception, match="stages"):
+        build_retriever({"type": "latency", "stages": [[-1, 0]]})

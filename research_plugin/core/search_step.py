@@ -17,11 +17,14 @@ import asyncio
 import dataclasses
 import logging
 import time
+import weakref
+from array import array
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..retrieval import SearchResult, get_retriever
+from ..retrieval import SearchResult, built_retriever, get_retriever
 from .dialects import DIALECTS, Dialect, extract_query, format_passages, get_dialect, result_block, stopped_at_query
 from .settings import as_mapping, check_fields, limits
 
@@ -85,6 +88,18 @@ class SearchCounters:
         return dataclasses.asdict(self)
 
 
+ENCODED_BLOCKS = 1024
+"""Result blocks whose token ids :meth:`SearchStep.result_ids` keeps, per tokenizer and process."""
+_encoded: weakref.WeakKeyDictionary[Any, OrderedDict] = weakref.WeakKeyDictionary()
+
+
+def _encoded_blocks(tokenizer: Any) -> OrderedDict:
+    blocks = _encoded.get(tokenizer)
+    if blocks is None:
+        blocks = _encoded[tokenizer] = OrderedDict()
+    return blocks
+
+
 class CPUMeter:
     """The CPU one coroutine spends itself: its thread's CPU time outside the awaits wrapped in :meth:`wait` (while
     it waits, the event loop runs other coroutines on the same thread)."""
@@ -127,40 +142,68 @@ class SearchStep:
 
     async def result_block(self, segment: str) -> str:
         """The result block answering the query that closes ``segment``: passages, or a notice saying why not."""
-        return result_block(await self._body(segment), self.dialect)
+        body, passages = await self._body(segment)
+        return result_block(self._cut(body) if passages else body, self.dialect)
+
+    async def result_ids(self, segment: str) -> list[int]:
+        """:meth:`result_block`'s token ids. The last :data:`ENCODED_BLOCKS` blocks' ids are kept per tokenizer
+        and process (keyed by their passages' text): the samples of one question that get the same passages,
+        as GRPO's often do, tokenize them once."""
+        body, passages = await self._body(segment)
+        key = (self.dialect.name, self.cfg.max_result_tokens if passages else None, body)
+        cache = _encoded_blocks(self.tokenizer)
+        ids = cache.get(key)
+        if ids is None:
+            ids = self.tokenizer.encode(result_block(body, self.dialect), add_special_tokens=False)
+            # passages longer than max_result_tokens are cut; a block within it holds a body within it (the tags
+            # add tokens), so it needs no second tokenizing
+            if passages and len(ids) > self.cfg.max_result_tokens:
+                ids = self.tokenizer.encode(result_block(self._cut(body), self.dialect), add_special_tokens=False)
+            ids = cache[key] = array("i", ids)
+            if len(cache) > ENCODED_BLOCKS:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(key)
+        return ids.tolist()
 
     def appended(self, num_tokens: int) -> None:
         """Record that a result block of ``num_tokens`` tokens went into the trajectory."""
         self.results += 1
         self.counters.retrieved_tokens += num_tokens
 
-    async def _body(self, segment: str) -> str:
+    async def _body(self, segment: str) -> tuple[str, bool]:
+        """The block's text before cutting, and whether it holds passages (else: a notice, never cut)."""
         d, cfg, c = self.dialect, self.cfg, self.counters
         query = extract_query(segment, d)
         if not query:
             c.num_invalid_queries += 1
-            return f"No query found. Write a query as {d.query_open} query {d.query_close}."
+            return f"No query found. Write a query as {d.query_open} query {d.query_close}.", False
         if c.num_searches >= cfg.max_searches:
-            return f"Search limit of {cfg.max_searches} reached. Answer with what you know."
+            return f"Search limit of {cfg.max_searches} reached. Answer with what you know.", False
         c.num_searches += 1
         result = await self._retrieve(query[: cfg.max_query_chars])
         if result.error is not None:
             c.num_failed_searches += 1
             logger.warning("search failed for query %r: %s", query[:80], result.error)
-            return "Search failed. Try again or answer with what you know."
+            return "Search failed. Try again or answer with what you know.", False
         if not result.passages:
-            return "No results."
-        body = format_passages(result.passages, self.dialect)
+            return "No results.", False
+        return format_passages(result.passages, self.dialect), True
+
+    def _cut(self, body: str) -> str:
+        """``body`` cut to ``max_result_tokens``."""
         ids = self.tokenizer.encode(body, add_special_tokens=False)
-        if len(ids) > cfg.max_result_tokens:
-            body = self.tokenizer.decode(ids[: cfg.max_result_tokens], skip_special_tokens=False) + " ..."
-        return body
+        if len(ids) <= self.cfg.max_result_tokens:
+            return body
+        return self.tokenizer.decode(ids[: self.cfg.max_result_tokens], skip_special_tokens=False) + " ..."
 
     async def _retrieve(self, query: str) -> SearchResult:
         """One search, bounded in time; any failure becomes an error result, never an exception."""
         start = time.perf_counter()
         try:
-            retriever = await self.cpu.wait(asyncio.to_thread(get_retriever, self.cfg.retriever))
+            retriever = built_retriever(self.cfg.retriever)
+            if retriever is None:  # the first search of this spec in this process builds it, off the event loop
+                retriever = await self.cpu.wait(asyncio.to_thread(get_retriever, self.cfg.retriever))
             search = asyncio.wait_for(retriever.search([query], self.cfg.top_k), self.cfg.search_timeout)
             (result,) = await self.cpu.wait(search)
         except asyncio.TimeoutError:

@@ -29,6 +29,7 @@ __all__ = [
     "Retriever",
     "SearchResult",
     "build_retriever",
+    "built_retriever",
     "check_spec",
     "get_retriever",
     "iter_corpus",
@@ -194,3 +195,9 @@ def get_retriever(spec: RetrieverSpec) -> Retriever:
         if retriever is None:
             retriever = _cache[key] = build_retriever(options)
         return retriever
+
+
+def built_retriever(spec: RetrieverSpec) -> Retriever | None:
+    """The process-wide retriever for ``spec`` if :func:`get_retriever` built it already, else None (never builds,
+    never waits: an event loop can call it, and go to a thread for :func:`get_retriever` only on a miss)."""
+    return _cache.get(_freeze(_normalise(spec)))

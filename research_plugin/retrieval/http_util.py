@@ -84,7 +84,12 @@ class RemoteRetriever(Retriever):
         if entry is None:
             for dead in [other for other in self._sessions if other.is_closed()]:
                 del self._sessions[dead]
-            session = aiohttp.ClientSession(headers=self._headers, timeout=aiohttp.ClientTimeout(total=self.timeout))
+            # the attempt's timeout bounds the server (connecting, then each wait for its answer), not the wait for
+            # one of the session's connections: thousands of concurrent trajectories queue here at busy moments, and
+            # timing out of that queue only re-queues the request at the back (``bench/rollout_scale.py``); the
+            # search step's ``search_timeout`` bounds the whole search
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout)
+            session = aiohttp.ClientSession(headers=self._headers, timeout=timeout)
             stop = asyncio.Event()
             entry = _LoopSession(session, stop, loop.create_task(self._own(loop, session, stop)))
             self._sessions[loop] = entry

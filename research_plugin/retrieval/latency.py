@@ -4,7 +4,8 @@ Each search takes ``stages`` of ``fixed_ms + per_query_ms * batch`` each, slept 
 accelerator would not), each stage behind its own lock: with two stages (an encoder on a GPU, a scan on the CPU)
 two batches overlap, and ``parallel_batches`` says so. ``bench/retrieval.py`` measured the dense backend on an
 H200 at 66.8 ms + 0.807 ms a query (E5-base-shaped encoder in fp16 + faiss Flat over 21M passages). Every query
-gets the same ``top_k`` passages back for the same text, ``words`` words each (wiki-18's passages are ~100).
+gets the same ``top_k`` passages back for the same text, ``words`` words each (wiki-18's are ~100), out of as many as
+wiki-18 has.
 
     research-plugin serve --index '{"type": "latency", "stages": [[66.8, 0.807]]}'
 """
@@ -12,11 +13,15 @@ gets the same ``top_k`` passages back for the same text, ``words`` words each (w
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 import zlib
 
 from .base import Passage, Retriever, SearchResult
+
+CORPUS_SIZE = 21_015_324
+"""Passages the made-up corpus has (wiki-18's count): different queries rarely get the same ones."""
 
 
 class LatencyRetriever(Retriever):
@@ -32,18 +37,21 @@ class LatencyRetriever(Retriever):
         if not self.stages or min(min(s) for s in self.stages) < 0 or words < 1:
             raise ValueError(f"latency stages must be non-empty and >= 0 and words >= 1, not {stages!r}, {words}")
         self.parallel_batches = len(self.stages)
-        self._async_locks: list[asyncio.Lock] | None = None
+        self._async_locks: dict[asyncio.AbstractEventLoop, list[asyncio.Lock]] = {}
         self._thread_locks = [threading.Lock() for _ in self.stages]
-        self._passages = [Passage(f"p{i}", "T", ("lorem ipsum dolor sit amet " * words)[: 6 * words], 1.0)
-                          for i in range(1000)]  # fmt: skip
+        self._text = " ".join(itertools.islice(itertools.cycle("lorem ipsum dolor sit amet".split()), words))
 
     def describe(self) -> str:
         return "latency(" + "; ".join(f"{f * 1e3:g} ms + {p * 1e3:g} ms/query" for f, p in self.stages) + ")"
 
     async def _search(self, queries: list[str], top_k: int) -> list[SearchResult]:
-        if self._async_locks is None:  # made in the loop that searches
-            self._async_locks = [asyncio.Lock() for _ in self.stages]
-        for (fixed, per_query), lock in zip(self.stages, self._async_locks):
+        loop = asyncio.get_running_loop()  # each event loop searching this (process-wide) retriever has its own locks
+        locks = self._async_locks.get(loop)
+        if locks is None:
+            for dead in [other for other in self._async_locks if other.is_closed()]:
+                del self._async_locks[dead]
+            locks = self._async_locks[loop] = [asyncio.Lock() for _ in self.stages]
+        for (fixed, per_query), lock in zip(self.stages, locks):
             async with lock:
                 await asyncio.sleep(fixed + per_query * len(queries))
         return [self._result(q, top_k) for q in queries]
@@ -56,4 +64,5 @@ class LatencyRetriever(Retriever):
 
     def _result(self, query: str, top_k: int) -> SearchResult:
         first = zlib.crc32(query.encode())
-        return SearchResult([self._passages[(first + i) % len(self._passages)] for i in range(top_k)])
+        ids = ((first + i) % CORPUS_SIZE for i in range(top_k))
+        return SearchResult([Passage(f"p{n}", f"Passage {n}", self._text, 1.0) for n in ids])

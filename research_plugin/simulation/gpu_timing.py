@@ -77,7 +77,7 @@ class Chunk:
         joins at that boundary)."""
         if at <= self.start + self.first_s:
             return 1
-        return min(self.steps, 1 + math.ceil((at - self.start - self.first_s) / self.step_s))
+        return min(self.steps, 1 + math.ceil((at - self.start - self.first_s) / self.step_s - 1e-9))
 
 
 @dataclass

@@ -64,11 +64,12 @@ class ScriptedText:
         self._answer = (d.answer_open, d.answer_close)
         self._eos = tokenizer.eos_token_id
 
-    def call(self, tokens: int, *, index: int, call: int, last: bool) -> list[int]:
-        """``tokens`` ids (more when the tags alone are longer) ending in a query, or in the answer and EOS."""
+    def call(self, tokens: int, *, topic: int, call: int, last: bool) -> list[int]:
+        """``tokens`` ids (more when the tags alone are longer) ending in query ``call`` about ``topic``, or in the
+        answer and EOS."""
         if last:
-            tail = self._encode(f"{self._answer[0]} \\boxed{{answer {index}}} {self._answer[1]}") + [self._eos]
+            tail = self._encode(f"{self._answer[0]} \\boxed{{answer {topic}}} {self._answer[1]}") + [self._eos]
         else:
-            tail = self._encode(f"{self._query[0]} question {index} fact {call} {self._query[1]}")
+            tail = self._encode(f"{self._query[0]} question {topic} fact {call} {self._query[1]}")
         fill = max(0, tokens - len(self._open) - len(self._close) - len(tail))
         return self._open + self._filler * fill + self._close + tail

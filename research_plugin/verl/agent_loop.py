@@ -24,6 +24,8 @@ import dataclasses
 import logging
 import os
 import time
+import weakref
+from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +47,7 @@ logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
 class _Trajectory:
     response_ids: list[int] = field(default_factory=list)
     response_mask: list[int] = field(default_factory=list)
-    response_logprobs: list[float] = field(default_factory=list)
+    response_logprobs: array = field(default_factory=lambda: array("d"))
     extra_fields: dict[str, Any] = field(default_factory=dict)
     generations: int = 0
     generate_s: float = 0.0
@@ -55,8 +57,9 @@ class _Trajectory:
         self.response_ids += ids
         self.response_mask += [mask] * len(ids)
         if logprobs is None or len(logprobs) != len(ids):
-            logprobs = [0.0] * len(ids)
-        self.response_logprobs += [float(x) for x in logprobs]
+            self.response_logprobs.extend(array("d", bytes(8 * len(ids))))
+        else:
+            self.response_logprobs.extend(array("d", logprobs))  # floats, converted in C
 
 
 def _to_dict(x: Any) -> dict:
@@ -65,6 +68,18 @@ def _to_dict(x: Any) -> dict:
     if isinstance(x, DictConfig):
         return OmegaConf.to_container(x, resolve=True)
     return dict(x) if isinstance(x, Mapping) else {}
+
+
+# verl makes an agent loop per trajectory, while its config and tokenizer live as long as the worker: what is
+# derived from them once is kept here
+_TRAINER_SETTINGS: dict[int, tuple[Any, dict, str | None]] = {}
+"""id(trainer config) -> (the config, its ``search_agent`` block, its reward scheme)."""
+_ROW_SETTINGS: dict[tuple, RowSettings] = {}
+"""What :func:`row_settings` resolved, by everything it read."""
+_STOP_IDS: weakref.WeakKeyDictionary[Any, dict[str, list[int]]] = weakref.WeakKeyDictionary()
+"""tokenizer -> {stop string: its token ids}."""
+_TAIL_TOKENS = 64
+"""Tokens at the end of a generated segment that are decoded first (:meth:`SearchAgentLoop._segment`)."""
 
 
 @register("search_agent")
@@ -76,12 +91,31 @@ class SearchAgentLoop(AgentLoopBase):
         self._loop_settings = {k: kwargs.pop(k) for k in list(kwargs) if k in known}
         super().__init__(*args, **kwargs)
         self.response_length = self.rollout_config.response_length
-        self._trainer_settings = _to_dict(self.config.get("search_agent"))
-        self._scheme = OmegaConf.select(self.config, "reward.custom_reward_function.reward_kwargs.scheme")
+        cached = _TRAINER_SETTINGS.get(id(self.config))
+        if cached is None or cached[0] is not self.config:  # read once per trainer config, not per trajectory
+            scheme = OmegaConf.select(self.config, "reward.custom_reward_function.reward_kwargs.scheme")
+            cached = _TRAINER_SETTINGS[id(self.config)] = (
+                self.config,
+                _to_dict(self.config.get("search_agent")),
+                scheme,
+            )
+        _, self._trainer_settings, self._scheme = cached
 
     def _settings_for(self, extra_info: Mapping) -> RowSettings:
-        settings = {"trainer config: search_agent": self._trainer_settings, "agent loop config": self._loop_settings}
-        return row_settings(extra_info, settings, scheme=self._scheme)
+        """The row's settings (:func:`row_settings`), resolved once per distinct combination of what they read."""
+        key = (repr(self._trainer_settings), self._scheme, repr(self._loop_settings),
+               *(repr(extra_info.get(k)) for k in ("scheme", "search", "dialect", "opens_think")))  # fmt: skip
+        found = _ROW_SETTINGS.get(key)
+        if found is None:
+            settings = {
+                "trainer config: search_agent": self._trainer_settings,
+                "agent loop config": self._loop_settings,
+            }
+            found = row_settings(extra_info, settings, scheme=self._scheme)
+            if len(_ROW_SETTINGS) >= 1024:
+                _ROW_SETTINGS.clear()
+            _ROW_SETTINGS[key] = found
+        return found
 
     async def _prompt_ids(self, raw_prompt: Any, row: RowSettings, extra_info: Mapping) -> list[int]:
         if isinstance(raw_prompt, str):
@@ -105,6 +139,17 @@ class SearchAgentLoop(AgentLoopBase):
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
+    def _segment(self, tokens: list[int], dialect) -> str:
+        """A generated segment's text, or only its end when that shows all the loop reads of it: whether it closed a
+        query (the close tag sits at the very end) and the query (decoding every token of a long segment costs more
+        than the rest of a turn)."""
+        if len(tokens) > _TAIL_TOKENS:
+            tail = self._decode(tokens[-_TAIL_TOKENS:])
+            close = tail.rfind(dialect.query_close)
+            if close < 0 or tail.rfind(dialect.query_open, 0, close) >= 0:
+                return tail
+        return self._decode(tokens)
+
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
@@ -118,7 +163,8 @@ class SearchAgentLoop(AgentLoopBase):
         dialect = step.dialect
         prompt_ids = await cpu.wait(self._prompt_ids(kwargs["raw_prompt"], row, extra_info))
         request_id = f"det-{int(priority)}" if getattr(self.rollout_config, "full_determinism", False) else uuid4().hex
-        stop_ids = self._encode(dialect.stop)
+        stops = _STOP_IDS.setdefault(self.tokenizer, {})
+        stop_ids = stops.get(dialect.stop) or stops.setdefault(dialect.stop, self._encode(dialect.stop))
         traj = _Trajectory()
         ended_by_eos = False
 
@@ -150,7 +196,7 @@ class SearchAgentLoop(AgentLoopBase):
             # a server that cut the output at its own limit says so (``finish_reason``): truncated, like no budget
             if not tokens or out.stop_reason == "aborted" or out.extra_fields.get("finish_reason") == "length":
                 break
-            segment = self._decode(tokens)
+            segment = self._segment(tokens, dialect)
             at_query = step.wants_search(segment)
             if len(traj.response_ids) >= self.response_length:
                 ended_by_eos = not at_query and tokens[-1] == self.tokenizer.eos_token_id
@@ -158,7 +204,7 @@ class SearchAgentLoop(AgentLoopBase):
             if not at_query:
                 ended_by_eos = True  # EOS (or another stop): the trajectory is finished
                 break
-            result_ids = self._encode(await step.result_block(segment))
+            result_ids = await step.result_ids(segment)
             result_ids = result_ids[: self.response_length - len(traj.response_ids)]
             traj.append(result_ids, 0 if cfg.mask_results else 1, None)
             step.appended(len(result_ids))
@@ -176,7 +222,7 @@ class SearchAgentLoop(AgentLoopBase):
             prompt_ids=prompt_ids,
             response_ids=traj.response_ids,
             response_mask=traj.response_mask,
-            response_logprobs=traj.response_logprobs if want_logprobs else None,
+            response_logprobs=traj.response_logprobs.tolist() if want_logprobs else None,
             num_turns=1 + traj.generations + step.results,
             metrics=AgentLoopMetrics(
                 generate_sequences=traj.generate_s,

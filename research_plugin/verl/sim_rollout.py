@@ -10,10 +10,12 @@ answered instantly, or synchronous turns — are computed from the very schedule
 
 Settings under ``actor_rollout_ref.rollout.engine_kwargs.sim`` (all optional): the cost model's
 (``decode_base_ms``, ``decode_per_seq_ms``, ``prefill_per_token_ms``, ``max_num_seqs``), the script's
-(``min_searches``, ``max_searches``, ``query_tokens``, ``answer_tokens``, ``spread``, ``max_call_tokens``), ``seed``
-and ``dialect``. Trajectories are told apart by verl's stable request ids: the backend needs
-``actor_rollout_ref.rollout.full_determinism=True``. Weights from the trainer are accepted and dropped.
-A replica needs no device: ``init_standalone`` starts its server on the driver's node.
+(``min_searches``, ``max_searches``, ``query_tokens``, ``answer_tokens``, ``spread``, ``max_call_tokens``), ``seed``,
+``dialect`` and ``shared_queries`` (default true: the samples of one prompt ask the same queries, as a GRPO group's
+largely do, so they get the same passages; false: every trajectory's queries are its own). Trajectories are told
+apart by verl's stable request ids: the backend needs ``actor_rollout_ref.rollout.full_determinism=True``. Weights
+from the trainer are accepted and dropped. A replica needs no device: ``init_standalone`` starts its server on the
+driver's node.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+import zlib
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
 from verl.workers.rollout.replica import RolloutMode, TokenOutput
 
-from ..core.settings import SettingsError, check_fields, check_keys, plain
+from ..core.settings import SettingsError, check_fields, check_keys, convert, plain
 from ..simulation.gpu_timing import ContinuousBatcher, CostModel
 from ..simulation.scripted_agent import ScriptedText, ScriptShape
 from .hf_rollout import HFReplica, HFServerAdapter
@@ -41,25 +45,30 @@ class SimSettings:
     shape: ScriptShape = field(default_factory=ScriptShape)
     seed: int = 0
     dialect: str = "research"
+    shared_queries: bool = True
 
     @classmethod
     def from_mapping(cls, data: Any) -> SimSettings:
         data = dict(plain(data or {}))
         cost_keys = {f.name for f in dataclasses.fields(CostModel)}
         shape_keys = {f.name for f in dataclasses.fields(ScriptShape)}
-        check_keys(data, cost_keys | shape_keys | {"seed", "dialect"}, WHERE, "sim setting")
+        check_keys(data, cost_keys | shape_keys | {"seed", "dialect", "shared_queries"}, WHERE, "sim setting")
         pick = lambda keys: {k: v for k, v in data.items() if k in keys}  # noqa: E731
         try:
             cost = CostModel(**check_fields(CostModel, pick(cost_keys), WHERE, "sim setting"))
             shape = ScriptShape(**check_fields(ScriptShape, pick(shape_keys), WHERE, "sim setting"))
         except ValueError as e:
             raise SettingsError(f"{WHERE}: {e}") from None
-        return cls(cost, shape, int(data.get("seed", 0)), str(data.get("dialect", "research")))
+        seed = convert(data.get("seed", 0), int, "seed", WHERE)
+        shared = convert(data.get("shared_queries", True), bool, "shared_queries", WHERE)
+        return cls(cost, shape, seed, str(data.get("dialect", "research")), shared)
 
 
 @dataclass
 class _Trajectory:
     calls: list[int]
+    topic: int
+    """What its queries ask about: its prompt (``shared_queries``), or its prompt and its own index."""
     turns: list[tuple[int, int]] = field(default_factory=list)
     """(prompt tokens prefilled, tokens decoded) per generation call, as served."""
     cached: int = 0
@@ -98,13 +107,15 @@ class SimRolloutServer:
         self._engine: asyncio.Task | None = None
 
     def stats(self) -> dict[str, Any]:
-        """What this replica served: each trajectory's calls, the engine's busy time and its span."""
+        """What this replica served: each trajectory's calls, the engine's busy time, when the first call came and
+        the last one was answered (``time.monotonic``)."""
         return {
             "replica": self.replica_rank,
             "trajectories": {i: t.turns for i, t in self.trajectories.items()},
             "busy_s": self.batcher.busy_s,
             "max_running": self.batcher.max_running,
-            "span_s": (self.last_finish - self.first_arrival) if self.first_arrival and self.last_finish else 0.0,
+            "first_arrival": self.first_arrival,
+            "last_finish": self.last_finish,
         }
 
     async def generate(self, prompt_ids: list[int], sampling_params: dict[str, Any], request_id: str, **kwargs):
@@ -113,10 +124,13 @@ class SimRolloutServer:
         index = int(str(request_id)[4:])
         traj = self.trajectories.get(index)
         if traj is None:
-            traj = self.trajectories[index] = _Trajectory(self.settings.shape.calls(self.settings.seed, index))
+            prompt = array("i", prompt_ids).tobytes()
+            topic = zlib.crc32(prompt if self.settings.shared_queries else prompt + index.to_bytes(8, "little"))
+            traj = _Trajectory(self.settings.shape.calls(self.settings.seed, index), topic)
+            self.trajectories[index] = traj
         k = len(traj.turns)
         if k < len(traj.calls):
-            ids = self.text.call(traj.calls[k], index=index, call=k, last=k == len(traj.calls) - 1)
+            ids = self.text.call(traj.calls[k], topic=traj.topic, call=k, last=k == len(traj.calls) - 1)
         else:  # the agent asked again after the script's answer (a notice block): end the trajectory
             ids = [self.eos]
         budget = int(sampling_params.get("max_tokens") or len(ids))
