@@ -35,7 +35,39 @@ def server_name(replica_rank: int, node_rank: int = 0, backend: str = NAME) -> s
     return f"{backend}_server_{replica_rank}_{node_rank}"
 
 
-class HFRolloutServer:
+class ServerHooks:
+    """What verl calls on every rollout server around generation, as a CPU server answers it: weights and KV cache
+    stay in memory between phases, so every hook is a no-op (a server overrides what it must do)."""
+
+    async def wake_up(self, tags: list[str] | None = None):
+        return None
+
+    async def sleep(self):
+        return None
+
+    async def abort_all_requests(self, reject_request: bool = False):
+        return None
+
+    async def resume_generation(self):
+        return None
+
+    async def clear_kv_cache(self):
+        return None
+
+    async def release_kv_cache(self):
+        return None
+
+    async def resume_kv_cache(self):
+        return None
+
+    async def start_profile(self, **kwargs):
+        return None
+
+    async def stop_profile(self):
+        return None
+
+
+class HFRolloutServer(ServerHooks):
     """Serves one replica's generation on CPU (a Ray actor, ``max_concurrency`` requests at a time)."""
 
     def __init__(self, config, model_config, replica_rank: int = 0, seed: int = 0):
@@ -106,33 +138,8 @@ class HFRolloutServer:
     def set_global_steps(self, global_steps: int) -> None:
         self.engine.extra_fields["global_steps"] = int(global_steps)
 
-    # -- lifecycle hooks verl calls on every server (CPU memory is not released between phases) ------------------
-    async def wake_up(self, tags: list[str] | None = None):
-        return None  # weights and KV cache stay in CPU memory between phases
-
-    async def sleep(self):
-        return None
-
     async def abort_all_requests(self, reject_request: bool = False):
         self.engine.abort()
-
-    async def resume_generation(self):
-        return None
-
-    async def clear_kv_cache(self):
-        return None  # the KV cache lives only inside one batch
-
-    async def release_kv_cache(self):
-        return None
-
-    async def resume_kv_cache(self):
-        return None
-
-    async def start_profile(self, **kwargs):
-        return None
-
-    async def stop_profile(self):
-        return None
 
 
 class HFReplica(RolloutReplica):

@@ -33,7 +33,7 @@ from verl.workers.rollout.replica import RolloutMode, TokenOutput
 from ..core.settings import SettingsError, check_fields, check_keys, convert, plain
 from ..simulation.gpu_timing import ContinuousBatcher, CostModel
 from ..simulation.scripted_agent import ScriptedText, ScriptShape
-from .hf_rollout import HFReplica, HFServerAdapter
+from .hf_rollout import HFReplica, HFServerAdapter, ServerHooks
 
 NAME = "sim"
 WHERE = "actor_rollout_ref.rollout.engine_kwargs.sim"
@@ -75,7 +75,7 @@ class _Trajectory:
     """Tokens of this trajectory in the (simulated) prefix cache: what the next call need not prefill."""
 
 
-class SimRolloutServer:
+class SimRolloutServer(ServerHooks):
     """One replica's simulated engine (a Ray actor; module docstring)."""
 
     def __init__(self, config, model_config, replica_rank: int = 0):
@@ -95,16 +95,22 @@ class SimRolloutServer:
         self.eos = tokenizer.eos_token_id
         self.replica_rank = replica_rank
         self.global_steps = 0
-        self.reset()
+        self._engine: asyncio.Task | None = None  # the engine loop, started by the first call
+        self._fresh()
 
-    def reset(self) -> None:
+    async def reset(self) -> None:
         """Forget the served trajectories and restart the engine's clock (between measured rollouts)."""
+        if self._engine is not None:
+            self._engine.cancel()
+        self._fresh()
+
+    def _fresh(self) -> None:
         self.batcher = ContinuousBatcher(self.settings.cost, now=time.monotonic())
         self.trajectories: dict[int, _Trajectory] = {}
         self.first_arrival: float | None = None
         self.last_finish: float | None = None
         self._wake: asyncio.Event | None = None
-        self._engine: asyncio.Task | None = None
+        self._engine = None
 
     def stats(self) -> dict[str, Any]:
         """What this replica served: each trajectory's calls, the engine's busy time, when the first call came and
@@ -188,7 +194,7 @@ class SimRolloutServer:
                 if not done.done():
                     done.set_result(None)
 
-    # -- what verl calls on every server: nothing to do without a model --------------------------------------
+    # -- weights: nothing to load without a model --------------------------------------------------------------
     def update_weights(self, named_tensors: dict, global_steps: int | None = None) -> int:
         if global_steps is not None:
             self.set_global_steps(global_steps)
@@ -196,33 +202,6 @@ class SimRolloutServer:
 
     def set_global_steps(self, global_steps: int) -> None:
         self.global_steps = int(global_steps)
-
-    async def wake_up(self, tags: list[str] | None = None):
-        return None
-
-    async def sleep(self):
-        return None
-
-    async def abort_all_requests(self, reject_request: bool = False):
-        return None
-
-    async def resume_generation(self):
-        return None
-
-    async def clear_kv_cache(self):
-        return None
-
-    async def release_kv_cache(self):
-        return None
-
-    async def resume_kv_cache(self):
-        return None
-
-    async def start_profile(self, **kwargs):
-        return None
-
-    async def stop_profile(self):
-        return None
 
 
 class SimReplica(HFReplica):
