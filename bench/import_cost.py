@@ -100,7 +100,7 @@ def main() -> None:
     # the plugin's own share, timed inside one process (the difference of two wall times is mostly noise)
     own = [own_import_s("research_plugin.verl.plugin", []) for _ in range(args.repeats)]
     result["plugin_import_s"] = round(statistics.median(own), 4)
-    hooked = {"research_plugin.verl.agent_loop": TRIGGERS[0], "research_plugin.verl.search_metrics": TRIGGERS[2]}
+    hooked = {"research_plugin.verl.agent_loop": TRIGGERS[0], "research_plugin.verl.trainer_modes": TRIGGERS[2]}
     result["registration_import_s"] = {
         name: round(statistics.median(own_import_s(name, [trigger]) for _ in range(args.repeats)), 4)
         for name, trigger in hooked.items()

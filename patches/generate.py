@@ -64,12 +64,13 @@ MODULES = {
     "research_plugin.verl.agent_loop": LOOP,
     "research_plugin.core.prompts": f"{SEARCH}.prompts",
     "research_plugin.core.search_step": f"{SEARCH}.search_step",
+    "research_plugin.core.tokenizing": f"{SEARCH}.tokenizing",
     "research_plugin.core.row_settings": f"{SEARCH}.row_settings",
     "research_plugin.retrieval": f"{SEARCH}.retrieval",
     "research_plugin.retrieval.base": f"{SEARCH}.retrieval.base",
     "research_plugin.retrieval.bm25": f"{SEARCH}.retrieval.bm25",
     "research_plugin.retrieval.http_client": f"{SEARCH}.retrieval.http_client",
-    "research_plugin.retrieval.http_util": f"{SEARCH}.retrieval.http_util",
+    "research_plugin.retrieval.remote": f"{SEARCH}.retrieval.remote",
     "research_plugin.http_retry": f"{SEARCH}.retrieval.http_retry",
 }
 """Plugin module -> upstream module, for the modules shipped upstream (moved, with rewritten imports)."""
@@ -398,9 +399,11 @@ def optional_imports(module: str) -> list[str]:
     return found
 
 
-def _drop_lines(text: str, ranges: list[tuple[int, int]], blank_after: bool) -> str:
+def _drop_lines(text: str, ranges: list[tuple[int, int, bool]]) -> str:
+    """``text`` without the lines ``first..last`` (1-based) of each range, and the blank lines after one marked so;
+    all numbers refer to ``text`` as given (dropped from the bottom up)."""
     lines = text.split("\n")
-    for first, last in sorted(ranges, reverse=True):
+    for first, last, blank_after in sorted(ranges, reverse=True):
         if blank_after:
             while last < len(lines) and not lines[last].strip():
                 last += 1
@@ -441,12 +444,11 @@ def prune_registry(module: str, text: str) -> str:
                 )
     table = _registry_dict(tree, registry)
     entries = [
-        (k.lineno, v.end_lineno)
+        (k.lineno, v.end_lineno, False)
         for k, v in zip(table.keys, table.values, strict=True)
         if isinstance(v, ast.Name) and v.id in dropped
     ]
-    text = _drop_lines(text, entries, blank_after=False)
-    text = _drop_lines(text, list(dropped.values()), blank_after=True)
+    text = _drop_lines(text, entries + [(first, last, True) for first, last in dropped.values()])
 
     # eager imports of shipped backends that need packages verl lacks -> lazy factories, one at a time
     while True:

@@ -124,10 +124,16 @@ def cmd_openrlhf_agent_path(args) -> int:
 def cmd_search(args) -> int:
     """Run one query against a retriever and print the result block the policy would see."""
     from .core.dialects import format_passages, get_dialect, result_block
-    from .retrieval import get_retriever
+    from .retrieval import get_retriever, retriever_spec
+
+    try:
+        spec = retriever_spec(args.retriever)
+    except ValueError as e:
+        print(f"search: {e}", file=sys.stderr)
+        return 2
 
     async def go():
-        retriever = get_retriever(args.retriever)
+        retriever = get_retriever(spec)
         try:
             return (await retriever.search([" ".join(args.query)], args.top_k))[0]
         finally:
@@ -162,33 +168,6 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def retriever_spec(value: str) -> dict | str:
-    """A retriever spec from a command-line value: 'demo', an http(s):// URL, a jsonl corpus (BM25), a saved index
-    folder (its manifest names the backend that loads it; a bare pyserini / Anserini index is served by lucene) or
-    a JSON spec (``{"type": "latency", "stages": [[66.8, 0.807]]}``)."""
-    from pathlib import Path
-
-    from .core.settings import parse_json, read_mapping_file
-    from .retrieval import check_spec
-    from .retrieval.lucene import is_lucene_index
-
-    if value == "demo" or value.startswith(("http://", "https://")):
-        return value
-    if value.lstrip().startswith("{"):
-        return dict(check_spec(parse_json(value, "retriever spec"), "retriever spec"))
-    path = Path(value)
-    if is_lucene_index(path) and not (path / "manifest.json").exists():
-        return {"type": "lucene", "index_dir": str(path)}
-    if path.is_dir():
-        manifest = read_mapping_file(path / "manifest.json", f"index manifest {path / 'manifest.json'}")
-        return {"type": manifest.get("backend", "bm25"), "index_dir": str(path)}
-    if path.is_file():
-        return {"type": "bm25", "corpus": str(path)}
-    raise ValueError(
-        f"a retriever must be 'demo', an http(s):// URL, a jsonl corpus, an index folder or a JSON spec, not {value!r}"
-    )
-
-
 DENSE_SERVE_OPTIONS = ("device", "encoder_dtype", "nprobe", "ef_search")
 
 
@@ -213,7 +192,7 @@ def cmd_serve(args) -> int:
 
     import uvicorn
 
-    from .retrieval import build_retriever
+    from .retrieval import build_retriever, retriever_spec
     from .retrieval.server import create_app
 
     # torch and faiss each bring an OpenMP runtime whose idle threads spin, taking the cores that the other library
@@ -341,6 +320,7 @@ def cmd_eval(args) -> int:
     """Evaluate a search policy on prepared benchmark files: the papers' metrics (EM, F1, ACC_R, sub-EM, LLM judge),
     searches, retrieval recall."""
     from .evaluation.runner import EvalSettings, run_eval
+    from .retrieval import retriever_spec
 
     try:
         summary = run_eval(
@@ -480,7 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="query a retriever and print the result block")
     p.add_argument("query", nargs="+")
-    p.add_argument("--retriever", default="demo", help="'demo' (bundled corpus, BM25) or a /retrieve URL")
+    p.add_argument(
+        "--retriever",
+        default="demo",
+        help="'demo' (bundled corpus, BM25), a /retrieve URL, a jsonl corpus, an index folder or a JSON spec",
+    )
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--dialect", choices=sorted(DIALECTS), default="research")
     p.set_defaults(func=cmd_search)

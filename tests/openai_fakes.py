@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from collections.abc import Awaitable, Callable
 
@@ -185,3 +186,17 @@ class FakeChat(LocalApp):
                 "usage": {"prompt_tokens": 50, "completion_tokens": 1, "total_tokens": 51},
             }
         )
+
+
+def same_meaning(user_message: str) -> str:
+    """A judge that says yes when the prediction contains one of the gold answers (case-insensitively), in the
+    form the prompt asks for (yes/no, ReSearch's JSON judgement, R1-Searcher's True/False)."""
+    golds = re.search(r"^(?:Gold|Correct|Golden) answers?: (.*)$", user_message, re.M).group(1).split(" | ")
+    prediction = re.search(r"^Predicted answer: (.*)$", user_message, re.M).group(1)
+    same = any(g.lower() in prediction.lower() for g in golds)
+    if '"judgement"' in user_message:
+        verdict = "correct" if same else "incorrect"
+        return f'The prediction names the place. {{"rationale": "compared", "judgement": "{verdict}"}}'
+    if "Reply True" in user_message:
+        return "True" if same else "False"
+    return "Yes." if same else "no"

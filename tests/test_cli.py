@@ -62,6 +62,22 @@ def test_search_prints_the_result_block():
     assert lines[1].startswith("Doc 1 (Title: Orvell Glassworks") and lines[2].startswith("Doc 2 ")
 
 
+def test_search_takes_every_retriever_that_eval_takes(tmp_path):
+    """``--retriever`` reads the same values in every command: a jsonl corpus is searched with BM25, a JSON spec
+    is checked, and a value that is none of them is named."""
+    corpus = tmp_path / "corpus.jsonl"
+    rows = [{"id": "a", "contents": '"Kelp Forest"\nKelp forests grow in cold water.'},
+            {"id": "b", "contents": '"Desert"\nDeserts get little rain.'}]  # fmt: skip
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = cli("search", "kelp", "cold", "water", "--retriever", str(corpus), "--top-k", "1")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines()[1].startswith("Doc 1 (Title: Kelp Forest) Kelp forests")
+    spec = cli("search", "x", "--retriever", '{"type": "bm25", "corpuss": "demo"}')
+    assert spec.returncode == 2 and "'corpuss'" in spec.stderr and "did you mean 'corpus'" in spec.stderr
+    missing = cli("search", "x", "--retriever", str(tmp_path / "nothing.jsonl"))
+    assert missing.returncode == 2 and "nothing.jsonl" in missing.stderr
+
+
 def test_demo_job_runs_through_verl(tmp_path, tiny_model_dir):
     # the default policy (the warmed-up tiny model) is what the main-job test trains; here any HF model will do
     out = cli("demo", "-n", "2", "--response-length", "48", "--model", str(tiny_model_dir))

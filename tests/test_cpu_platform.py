@@ -127,7 +127,7 @@ def test_an_explicit_verl_platform_wins_over_the_recipe():
 
 
 def test_search_metrics_aggregate_reward_parts_and_loop_counters():
-    from research_plugin.verl.search_metrics import search_metrics
+    from research_plugin.verl.trainer_modes import search_metrics
 
     rows = [
         {"num_searches": 2, "retrieved_tokens": 100, "reward_extra_info": {"score": 1.0, "f1": 1.0, "format": 1.0}},

@@ -26,7 +26,7 @@ from research_plugin.retrieval.dense import (
 from research_plugin.retrieval.index_builder import build_index
 
 from .corpora import TOPICS, to_passages, write_corpus
-from .test_server import post, serve
+from .local_http import post, serve
 
 # TOPICS (p00-p25) and four more entries (p26-p29)
 PASSAGES = [

@@ -28,6 +28,8 @@ from research_plugin.core.format_check import (
 from research_plugin.core.prompts import base_prompt, chat_messages, system_prompt
 from research_plugin.core.rewards import SCHEMES
 
+from .strategies import any_text, dialects, golds
+
 RESEARCH = DIALECTS["research"]
 R1 = DIALECTS["r1_searcher"]
 SEARCH_R1 = DIALECTS["search_r1"]
@@ -121,31 +123,6 @@ def test_prompts(d):
 
 
 # --- property-based fuzzing -------------------------------------------------------------------------
-
-_TAGS = sorted(
-    {
-        t
-        for x in DIALECTS.values()
-        for t in (
-            x.query_open,
-            x.query_close,
-            x.result_open,
-            x.result_close,
-            x.answer_open,
-            x.answer_close,
-            x.think_open,
-            x.think_close,
-        )
-    }
-)
-_FRAGMENTS = _TAGS + [t[: len(t) // 2] for t in _TAGS] + ["<", ">", "</", "|", "\\boxed{", "{", "}", " ", "\n"]
-adversarial = st.lists(
-    st.one_of(st.sampled_from(_FRAGMENTS), st.text(max_size=6), st.sampled_from(["yes", "no", "the", "Paris"])),
-    max_size=40,
-).map("".join)
-any_text = st.one_of(st.text(), adversarial)
-golds = st.one_of(st.text(max_size=10), st.lists(st.text(max_size=10), max_size=3), st.just({"target": ["Paris"]}))
-dialects = st.sampled_from(sorted(DIALECTS))
 
 
 @settings(max_examples=300, deadline=None)

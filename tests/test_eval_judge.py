@@ -4,29 +4,14 @@
 from __future__ import annotations
 
 import logging
-import re
 
 import pytest
 
 from research_plugin.evaluation.judge import JudgeItem, LLMJudge
 
-from .openai_fakes import FakeChat
+from .openai_fakes import FakeChat, same_meaning
 
 KEY = "sk-test-secret-4242"
-
-
-def same_meaning(user_message: str) -> str:
-    """A judge that says yes when the prediction contains one of the gold answers (case-insensitively), in the
-    form the prompt asks for (yes/no, ReSearch's JSON judgement, R1-Searcher's True/False)."""
-    golds = re.search(r"^(?:Gold|Correct|Golden) answers?: (.*)$", user_message, re.M).group(1).split(" | ")
-    prediction = re.search(r"^Predicted answer: (.*)$", user_message, re.M).group(1)
-    same = any(g.lower() in prediction.lower() for g in golds)
-    if '"judgement"' in user_message:
-        verdict = "correct" if same else "incorrect"
-        return f'The prediction names the place. {{"rationale": "compared", "judgement": "{verdict}"}}'
-    if "Reply True" in user_message:
-        return "True" if same else "False"
-    return "Yes." if same else "no"
 
 
 ITEMS = [

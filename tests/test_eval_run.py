@@ -21,8 +21,7 @@ from research_plugin.evaluation.metrics import answer_scores
 from research_plugin.evaluation.runner import EvalSettings, run_eval
 
 from .local_http import wait_until
-from .openai_fakes import FakeChat, FakeCompletions, hf_backend, scripted_backend
-from .test_eval_judge import same_meaning
+from .openai_fakes import FakeChat, FakeCompletions, hf_backend, same_meaning, scripted_backend
 
 QUESTIONS = load_questions(16)
 

@@ -35,7 +35,7 @@ from research_plugin.openrlhf.agent import AgentExecutor, AgentSettings, load_se
 from research_plugin.recipes import recipes_dir  # noqa: E402
 
 from .local_http import free_port  # noqa: E402
-from .test_cpu_grpo import shm_segments  # noqa: E402
+from .main_job import shm_segments  # noqa: E402
 
 AGENT_FILE = Path(__file__).resolve().parents[1] / "research_plugin" / "openrlhf" / "agent_func.py"
 

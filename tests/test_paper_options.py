@@ -15,7 +15,7 @@ from research_plugin.core.format_check import check_search_r1_sequence
 from research_plugin.core.prompts import base_prompt
 from research_plugin.core.rewards import SCHEMES
 
-from .test_dialects import any_text, dialects, golds
+from .strategies import any_text, dialects, golds
 
 R1 = DIALECTS["r1_searcher"]
 SR1 = DIALECTS["search_r1"]

@@ -9,19 +9,14 @@ import logging
 import multiprocessing
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import urllib.error
-import urllib.request
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import uvicorn
 
@@ -29,7 +24,7 @@ from research_plugin.retrieval import BM25Retriever, HTTPRetriever, Retriever, S
 from research_plugin.retrieval.server import create_app
 
 from .corpora import TOPICS
-from .local_http import free_port, search_and_close, wait_until
+from .local_http import free_port, get, ok, post, post_concurrently, request, search_and_close, serve, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,74 +50,7 @@ class Wrapped(Retriever):
         return await self.inner.search(queries, top_k)
 
 
-# ---------------------------------------------------------------- helpers: a real server, plain clients
-
-
-@contextmanager
-def serve(app: Any, *, wait_ready: bool = True) -> Iterator[str]:
-    """Run ``app`` under uvicorn on 127.0.0.1 (ephemeral port) in a thread; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    try:
-        wait_until(lambda: server.started, timeout=10)
-        if wait_ready:
-            wait_until(lambda: get(url + "/health")[0] == 200, timeout=10)
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-        assert not thread.is_alive(), "server did not stop"
-
-
-def request(
-    url: str, body: bytes | None = None, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], Any]:
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, lower(resp.headers.items()), json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        with e:
-            return e.code, lower(e.headers.items()), json.loads(e.read())
-
-
-def lower(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
-    return {name.lower(): value for name, value in headers}
-
-
-def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
-    return request(url, None, headers)
-
-
-def post(url: str, payload: Any, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
-    return request(url, json.dumps(payload).encode(), headers)
-
-
-def ok(url: str, payload: Any) -> Any:
-    status, _, body = post(url, payload)
-    assert status == 200, body
-    return body
-
-
-def post_concurrently(url: str, payloads: list[Any]) -> list[tuple[int, dict[str, str], Any]]:
-    """POST all payloads at once from one aiohttp session; (status, headers, json) for each, in order; headers are
-    keyed in lower case, as for :func:`request`."""
-
-    async def go() -> list[tuple[int, dict[str, str], Any]]:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
-
-            async def one(payload: Any) -> tuple[int, dict[str, str], Any]:
-                async with session.post(url, json=payload) as resp:
-                    return resp.status, lower(resp.headers.items()), await resp.json()
-
-            return await asyncio.gather(*(one(p) for p in payloads))
-
-    return asyncio.run(go())
+# ---------------------------------------------------------------- helpers
 
 
 def docs(result: SearchResult) -> list[dict[str, str]]:

@@ -27,6 +27,7 @@ from typing import Any
 from ..retrieval import SearchResult, built_retriever, get_retriever
 from .dialects import DIALECTS, Dialect, extract_query, format_passages, get_dialect, result_block, stopped_at_query
 from .settings import as_mapping, check_fields, limits
+from .tokenizing import decode, encode_lines
 
 logger = logging.getLogger(__name__)
 
@@ -148,17 +149,19 @@ class SearchStep:
     async def result_ids(self, segment: str) -> list[int]:
         """:meth:`result_block`'s token ids. The last :data:`ENCODED_BLOCKS` blocks' ids are kept per tokenizer
         and process (keyed by their passages' text): the samples of one question that get the same passages,
-        as GRPO's often do, tokenize them once."""
+        as GRPO's often do, join them once; their lines' ids are kept longer (:mod:`.tokenizing`)."""
         body, passages = await self._body(segment)
         key = (self.dialect.name, self.cfg.max_result_tokens if passages else None, body)
         cache = _encoded_blocks(self.tokenizer)
         ids = cache.get(key)
         if ids is None:
-            ids = self.tokenizer.encode(result_block(body, self.dialect), add_special_tokens=False)
+            ids = encode_lines(self.tokenizer, result_block(body, self.dialect))
             # passages longer than max_result_tokens are cut; a block within it holds a body within it (the tags
             # add tokens), so it needs no second tokenizing
             if passages and len(ids) > self.cfg.max_result_tokens:
-                ids = self.tokenizer.encode(result_block(self._cut(body), self.dialect), add_special_tokens=False)
+                cut = self._cut(body)
+                if cut is not body:
+                    ids = encode_lines(self.tokenizer, result_block(cut, self.dialect))
             ids = cache[key] = array("i", ids)
             if len(cache) > ENCODED_BLOCKS:
                 cache.popitem(last=False)
@@ -192,10 +195,10 @@ class SearchStep:
 
     def _cut(self, body: str) -> str:
         """``body`` cut to ``max_result_tokens``."""
-        ids = self.tokenizer.encode(body, add_special_tokens=False)
+        ids = encode_lines(self.tokenizer, body)
         if len(ids) <= self.cfg.max_result_tokens:
             return body
-        return self.tokenizer.decode(ids[: self.cfg.max_result_tokens], skip_special_tokens=False) + " ..."
+        return decode(self.tokenizer, ids[: self.cfg.max_result_tokens]) + " ..."
 
     async def _retrieve(self, query: str) -> SearchResult:
         """One search, bounded in time; any failure becomes an error result, never an exception."""

@@ -50,6 +50,7 @@ from ..core.rewards import check_reward_kwargs, compute_score
 from ..core.row_settings import row_settings
 from ..core.search_step import SearchAgentConfig, SearchStep
 from ..core.settings import SettingsError, as_mapping, check_keys, parse_json, read_mapping_file, to_bool
+from ..core.tokenizing import encode_lines
 
 CONFIG_ENV = "RESEARCH_PLUGIN_AGENT_CONFIG"
 JSON_ENV = "RESEARCH_PLUGIN_AGENT_JSON"
@@ -162,7 +163,7 @@ class SearchAgentInstance(AgentInstanceBase):
         ended = ep.finish_reason == "stop"  # EOS or a stop string; "length" / "abort": cut off
         if ended and ep.step.wants_search(action):
             block = await ep.step.result_block(action)
-            ep.step.appended(len(ep.tokenizer.encode(block, add_special_tokens=False)))
+            ep.step.appended(len(encode_lines(ep.tokenizer, block)))
             sampling_params = states.get("sampling_params")
             return self._scored(text + block, False, environment_feedback=block, sampling_params=sampling_params)
         ep.finished = True

@@ -165,6 +165,31 @@ def check_spec(spec: Any, where: str = "retriever spec") -> RetrieverSpec:
     return {"type": kind, **options}
 
 
+def retriever_spec(value: str) -> RetrieverSpec:
+    """A retriever spec from a command-line value (every command's ``--retriever``, ``serve --index``): 'demo', an
+    http(s):// URL, a jsonl corpus (BM25), a saved index folder (its manifest names the backend that loads it; a
+    bare pyserini / Anserini index is served by lucene) or a JSON spec (``{"type": "latency", "stages": [[66.8,
+    0.807]]}``)."""
+    from ..core.settings import parse_json, read_mapping_file
+    from .lucene import is_lucene_index
+
+    if value == "demo" or value.startswith(("http://", "https://")):
+        return value
+    if value.lstrip().startswith("{"):
+        return dict(check_spec(parse_json(value, "retriever spec"), "retriever spec"))
+    path = Path(value)
+    if is_lucene_index(path) and not (path / "manifest.json").exists():
+        return {"type": "lucene", "index_dir": str(path)}
+    if path.is_dir():
+        manifest = read_mapping_file(path / "manifest.json", f"index manifest {path / 'manifest.json'}")
+        return {"type": manifest.get("backend", "bm25"), "index_dir": str(path)}
+    if path.is_file():
+        return {"type": "bm25", "corpus": str(path)}
+    raise ValueError(
+        f"a retriever must be 'demo', an http(s):// URL, a jsonl corpus, an index folder or a JSON spec, not {value!r}"
+    )
+
+
 def build_retriever(spec: RetrieverSpec) -> Retriever:
     """A new retriever for ``spec``; an unknown ``type`` raises ``ValueError`` naming the known ones."""
     options = _normalise(spec)

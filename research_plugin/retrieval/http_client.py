@@ -15,13 +15,13 @@ from typing import Any
 from yarl import URL
 
 from .base import Passage, SearchResult
-from .http_util import RemoteRetriever, RequestFailed
+from .remote import RemoteRetriever, RequestFailed
 
 
 class HTTPRetriever(RemoteRetriever):
     """Retrieval over HTTP with per-attempt timeouts and bounded retries; failures become error results.
 
-    Retries, backoff and the per-loop sessions are :class:`~.http_util.RemoteRetriever`'s; malformed responses
+    Retries, backoff and the per-loop sessions are :class:`~.remote.RemoteRetriever`'s; malformed responses
     are not retried. A bearer token is read from the environment variable named by ``token_env`` at construction.
     """
 

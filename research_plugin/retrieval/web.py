@@ -26,7 +26,7 @@ import aiohttp
 from yarl import URL
 
 from .base import Passage, SearchResult
-from .http_util import RemoteRetriever, RequestFailed
+from .remote import RemoteRetriever, RequestFailed
 
 logger = logging.getLogger(__name__)
 

@@ -38,6 +38,7 @@ from verl.utils.rollout_trace import rollout_trace_op
 from ..core.dialects import get_dialect
 from ..core.row_settings import RowSettings, row_settings
 from ..core.search_step import CPUMeter, SearchAgentConfig, SearchStep
+from ..core.tokenizing import decode
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
@@ -144,14 +145,11 @@ class SearchAgentLoop(AgentLoopBase):
         query (the close tag sits at the very end) and the query (decoding every token of a long segment costs more
         than the rest of a turn)."""
         if len(tokens) > _TAIL_TOKENS:
-            tail = self._decode(tokens[-_TAIL_TOKENS:])
+            tail = decode(self.tokenizer, tokens[-_TAIL_TOKENS:])
             close = tail.rfind(dialect.query_close)
             if close < 0 or tail.rfind(dialect.query_open, 0, close) >= 0:
                 return tail
-        return self._decode(tokens)
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=False)
+        return decode(self.tokenizer, tokens)
 
     @rollout_trace_op
     async def run(self, sampling_params: dict[str, Any], priority: int = 0, **kwargs) -> AgentLoopOutput:
@@ -218,13 +216,15 @@ class SearchAgentLoop(AgentLoopBase):
             tool_rewards=[],
         )
         want_logprobs = bool(sampling_params.get("logprobs"))
-        return AgentLoopOutput(
+        # built without validation: every field has its declared type here, and pydantic's check of a few thousand
+        # ids costs more than the rest of a turn
+        return AgentLoopOutput.model_construct(
             prompt_ids=prompt_ids,
             response_ids=traj.response_ids,
             response_mask=traj.response_mask,
             response_logprobs=traj.response_logprobs.tolist() if want_logprobs else None,
             num_turns=1 + traj.generations + step.results,
-            metrics=AgentLoopMetrics(
+            metrics=AgentLoopMetrics.model_construct(
                 generate_sequences=traj.generate_s,
                 tool_calls=step.counters.retrieval_s,
                 num_preempted=traj.num_preempted,

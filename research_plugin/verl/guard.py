@@ -1,6 +1,6 @@
 """The guard (:mod:`research_plugin.core.guard`) in verl's trainer: watch every step, and warn, stop or roll back.
 
-The plugin's trainer modes (:mod:`.search_metrics`) feed each step's metrics (and the validation before training)
+The plugin's trainer modes (:mod:`.trainer_modes`) feed each step's metrics (and the validation before training)
 to a :class:`~research_plugin.core.guard.Guard` built from the config's ``guard`` block (checked at start-up by
 :mod:`.config_check`; no block: ``action: warn`` with the default thresholds). Each step gets ``guard/<rule>``
 metrics (1 while the rule fires) and ``guard/alarms``; a rule that starts firing prints its line. On an alarm:

@@ -32,7 +32,6 @@ from . import cpu_platform, vllm_cpu
 from .import_hooks import when_imported
 
 REGISTERED_AGENT_LOOPS = ("search_agent",)
-REGISTERED_TRAINERS = ("search_sync", "search_colocate_async", "search_separate_async")
 HF_ROLLOUT = "hf"
 ROLLOUT_BACKENDS = {HF_ROLLOUT: "hf_rollout.HF", "sim": "sim_rollout.Sim"}
 """Rollout backend name -> ``module.ClassPrefix`` of its ``...Replica`` and ``...ServerAdapter``."""
@@ -64,5 +63,5 @@ when_imported("verl.utils.device", cpu_platform.install_selection)
 when_imported("verl.experimental.agent_loop.agent_loop", _import(f"{__package__}.agent_loop"))  # @register
 when_imported("verl.workers.rollout.replica", _register_replicas)
 when_imported("verl.workers.rollout.base", _register_adapters)
-when_imported("verl.trainer.ppo.v1", _import(f"{__package__}.search_metrics"))  # @register_trainer
+when_imported("verl.trainer.ppo.v1", _import(f"{__package__}.trainer_modes"))  # @register_trainer
 when_imported("verl.utils.config", lambda m: importlib.import_module(f"{__package__}.config_check").install(m))

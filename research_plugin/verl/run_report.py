@@ -1,6 +1,6 @@
 """What a training run ends with, for the person who started it: the metrics, their plots, and a short summary.
 
-The plugin's trainer modes (:mod:`.search_metrics`) record every step's metrics and every validation; when verl's
+The plugin's trainer modes (:mod:`.trainer_modes`) record every step's metrics and every validation; when verl's
 ``fit`` returns they write, under ``trainer.default_local_dir``:
 
 - ``metrics.jsonl``: one ``{"step", "data"}`` line per logged step, verl's file-logger format (``research-plugin

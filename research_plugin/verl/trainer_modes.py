@@ -21,6 +21,7 @@ Select one with ``trainer.v1.trainer_mode=search_sync`` (the recipes do). They a
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -30,13 +31,15 @@ from verl.trainer.ppo.v1.trainer_colocate_async import PPOTrainerColocateAsync
 from verl.trainer.ppo.v1.trainer_separate_async import PPOTrainerSeparateAsync
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
+from ..core.rewards import METRICS
+from ..core.search_step import SearchCounters
 from .guard import GuardMixin
 from .run_report import RunReportMixin
 
-REWARD_KEYS = ("score", "f1", "em", "cover_em", "acc_r", "subem", "format", "retrieval_hit", "truncated")
-LOOP_KEYS = (
-    "num_searches", "num_failed_searches", "num_invalid_queries", "retrieved_tokens", "retrieval_s", "agent_cpu_s"
-)  # fmt: skip
+REWARD_KEYS = ("score", *METRICS, "format", "retrieval_hit", "truncated")
+"""The reward parts of ``compute_score`` logged each step: the score, every answer metric, and its checks."""
+LOOP_KEYS = (*(f.name for f in dataclasses.fields(SearchCounters)), "agent_cpu_s")
+"""The agent loop's per-trajectory numbers: the search step's counters and the loop's own CPU."""
 
 
 def search_metrics(extra_fields: Iterable[Mapping | None], prefix: str = "search") -> dict[str, float]:
