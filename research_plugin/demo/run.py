@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import demo_questions_path
-from ..verl.local_rollout import make_batch, run_agent_loop, trainer_config
+from ..verl.local_rollout import make_batch, masked_spans, run_agent_loop, trainer_config
 
 QUESTIONS = ("facts", "two_hop")
 
@@ -142,10 +142,5 @@ def run_demo(
 
 def render(tokenizer, ids: list[int], mask: list[int]) -> str:
     """Decode a response, showing masked (retrieved) spans between ⟦ ⟧."""
-    parts, start = [], 0
-    for j in range(1, len(ids) + 1):
-        if j == len(ids) or mask[j] != mask[start]:
-            text = tokenizer.decode(ids[start:j])
-            parts.append(text if mask[start] else f"⟦{text}⟧")
-            start = j
-    return "".join(parts)
+    parts = [(tokenizer.decode(run), masked) for masked, run in masked_spans(ids, mask)]
+    return "".join(f"⟦{text}⟧" if masked else text for text, masked in parts)

@@ -4,15 +4,12 @@ call, at most ``concurrency`` at a time, so finished rows are handed back as the
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ..verl.local_rollout import LocalActor, trainer_config
+from ..verl.local_rollout import batch_of, masked_spans, roll_out, trainer_config
 from .data import EvalRow
 
 
@@ -67,40 +64,17 @@ def eval_config(
     return config
 
 
-def _objects(value: Any) -> np.ndarray:
-    arr = np.empty(1, dtype=object)
-    arr[0] = value
-    return arr
-
-
 def _batch(row: EvalRow):
-    """A one-row verl batch, as verl's RL dataset would hand the row to the agent loop in validation."""
-    import torch
-    from verl.protocol import DataProto
-
-    return DataProto.from_dict(
-        tensors={"index": torch.zeros(1, dtype=torch.long)},
-        non_tensors={
-            "raw_prompt": _objects(row.prompt),
-            "agent_name": _objects("search_agent"),
-            "data_source": _objects(row.data_source),
-            "reward_model": _objects({"style": "rule", "ground_truth": row.golds}),
-            "extra_info": _objects(row.extra_info),
-        },
-        meta_info={"validate": True},
-    )
+    """A one-row verl validation batch."""
+    item = {"raw_prompt": row.prompt, "data_source": row.data_source, "ground_truth": row.golds}
+    return batch_of([{**item, "extra_info": row.extra_info}], validate=True)
 
 
 def _trajectory(out, tokenizer, response_length: int) -> Trajectory:
     valid = out.batch["attention_mask"][0, -response_length:].bool()
     ids = out.batch["responses"][0][valid].tolist()
     mask = out.batch["response_mask"][0][valid].tolist()
-    spans, start = [], 0
-    for j in range(1, len(ids) + 1):
-        if j == len(ids) or mask[j] != mask[start]:
-            if mask[start] == 0:
-                spans.append(tokenizer.decode(ids[start:j], skip_special_tokens=True))
-            start = j
+    spans = [tokenizer.decode(run, skip_special_tokens=True) for masked, run in masked_spans(ids, mask) if masked]
     nt = out.non_tensor_batch
     return Trajectory(
         response=tokenizer.decode(ids, skip_special_tokens=True),
@@ -123,33 +97,18 @@ Done = Callable[[EvalRow, Trajectory | None, str | None], None]
 
 def run_rollouts(config, server: Any, rows: list[EvalRow], *, concurrency: int, on_done: Done) -> None:
     """Roll out every row (at most ``concurrency`` at once); a row that raises is reported, the others go on."""
-    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
-    from verl.experimental.reward_loop import RewardLoopWorker
-
     from .policy import close_policy
 
-    if concurrency < 1:
-        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
     response_length = int(config.actor_rollout_ref.rollout.response_length)
 
-    async def go() -> None:  # verl objects capture the running event loop: build them inside it
-        reward = LocalActor(RewardLoopWorker(config))
-        worker = AgentLoopWorker(config, server, reward_loop_worker_handles=[reward])
-        limit = asyncio.Semaphore(concurrency)
+    def done(i: int, out: Any, error: str | None, tokenizer: Any) -> None:
+        traj = None
+        if out is not None:
+            try:
+                traj = _trajectory(out, tokenizer, response_length)
+            except Exception as e:  # recorded for this row; the run goes on
+                error = f"{type(e).__name__}: {e}"[:500]
+        on_done(rows[i], traj, error)
 
-        async def one(row: EvalRow) -> None:
-            async with limit:
-                try:
-                    out = await worker.generate_sequences(_batch(row))
-                    traj = _trajectory(out, worker.tokenizer, response_length)
-                except Exception as e:  # recorded for this row; the run goes on
-                    on_done(row, None, f"{type(e).__name__}: {e}"[:500])
-                else:
-                    on_done(row, traj, None)
-
-        try:
-            await asyncio.gather(*(one(row) for row in rows))
-        finally:
-            await close_policy(server)
-
-    asyncio.run(go())
+    roll_out(config, server, [_batch(r) for r in rows], concurrency=concurrency, on_done=done,
+             close=lambda: close_policy(server))  # fmt: skip

@@ -7,7 +7,9 @@ loop with scripted servers.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +53,10 @@ def trainer_config(model_dir: Path, *, response_length: int, scheme: str = "rese
     )
 
 
-def make_batch(rows: list[dict], dialect: str):
+def batch_of(items: list[dict], *, validate: bool = False):
+    """A verl batch of search-agent rows as verl's RL dataset hands them to the agent loop: each item's
+    ``raw_prompt``, ``ground_truth``, ``data_source`` and ``extra_info``; ``validate`` marks a validation batch
+    (verl samples it with ``val_kwargs``)."""
     import torch
     from verl.protocol import DataProto
 
@@ -61,25 +66,88 @@ def make_batch(rows: list[dict], dialect: str):
         return arr
 
     return DataProto.from_dict(
-        tensors={"index": torch.arange(len(rows))},
+        tensors={"index": torch.arange(len(items))},
         non_tensors={
-            "raw_prompt": objects([chat_messages(r["question"], dialect) for r in rows]),
-            "agent_name": objects(["search_agent"] * len(rows)),
-            "data_source": objects(["demo"] * len(rows)),
-            "reward_model": objects([{"style": "rule", "ground_truth": r["golden_answers"]} for r in rows]),
-            "extra_info": objects([{"index": i, "dialect": dialect, "id": r.get("id", i)} for i, r in enumerate(rows)]),
+            "raw_prompt": objects([it["raw_prompt"] for it in items]),
+            "agent_name": objects(["search_agent"] * len(items)),
+            "data_source": objects([it["data_source"] for it in items]),
+            "reward_model": objects([{"style": "rule", "ground_truth": it["ground_truth"]} for it in items]),
+            "extra_info": objects([it["extra_info"] for it in items]),
         },
+        meta_info={"validate": True} if validate else {},
     )
+
+
+def make_batch(rows: list[dict], dialect: str):
+    """A batch of FlashRAG-style question rows (``question``, ``golden_answers``, optional ``id``) asked in
+    ``dialect``'s chat prompt."""
+    return batch_of(
+        [
+            {
+                "raw_prompt": chat_messages(r["question"], dialect),
+                "data_source": "demo",
+                "ground_truth": r["golden_answers"],
+                "extra_info": {"index": i, "dialect": dialect, "id": r.get("id", i)},
+            }
+            for i, r in enumerate(rows)
+        ]
+    )
+
+
+Done = Callable[[int, Any, "str | None", Any], None]
+"""Called once per batch: its position, verl's output (or None) and the error that stopped it (or None), and the
+worker's tokenizer (the one verl's reward decodes with)."""
+
+
+def roll_out(config, server, batches: list, *, concurrency: int | None = None, on_done: Done | None = None,
+             close: Callable[[], Awaitable] | None = None) -> list:  # fmt: skip
+    """Roll out ``batches`` through verl's ``AgentLoopWorker`` with rewards from its ``RewardLoopWorker``,
+    in-process, at most ``concurrency`` at once (default: all); their outputs in order. With ``on_done``, each batch
+    is reported as it finishes and one that raises is reported with its error (None in the list) while the others
+    go on; without it the first error is raised. ``close`` is awaited at the end, in the same event loop."""
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+    from verl.experimental.reward_loop import RewardLoopWorker
+
+    if concurrency is not None and concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+
+    async def go() -> list:  # verl objects capture the running event loop: build them inside it
+        reward = LocalActor(RewardLoopWorker(config))
+        worker = AgentLoopWorker(config, server, reward_loop_worker_handles=[reward])
+        limit = asyncio.Semaphore(concurrency or max(1, len(batches)))
+
+        async def one(i: int, batch):
+            async with limit:
+                if on_done is None:
+                    return await worker.generate_sequences(batch)
+                try:
+                    out = await worker.generate_sequences(batch)
+                except Exception as e:  # recorded for this batch; the others go on
+                    on_done(i, None, f"{type(e).__name__}: {e}"[:500], worker.tokenizer)
+                    return None
+                on_done(i, out, None, worker.tokenizer)
+                return out
+
+        try:
+            return list(await asyncio.gather(*(one(i, b) for i, b in enumerate(batches))))
+        finally:
+            if close is not None:
+                await close()
+
+    return asyncio.run(go())
 
 
 def run_agent_loop(config, server, batch):
     """One rollout batch through verl's AgentLoopWorker, rewards from verl's RewardLoopWorker, in-process."""
-    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
-    from verl.experimental.reward_loop import RewardLoopWorker
+    return roll_out(config, server, [batch])[0]
 
-    async def go():  # verl objects capture the running event loop: build them inside it
-        reward = LocalActor(RewardLoopWorker(config))
-        worker = AgentLoopWorker(config, server, reward_loop_worker_handles=[reward])
-        return await worker.generate_sequences(batch)
 
-    return asyncio.run(go())
+def masked_spans(ids: list[int], mask: list[int]) -> list[tuple[bool, list[int]]]:
+    """A response's runs of tokens with the same ``response_mask``: (masked, ids), in order; masked runs are what
+    the loop inserted (result blocks)."""
+    spans, start = [], 0
+    for j in range(1, len(ids) + 1):
+        if j == len(ids) or mask[j] != mask[start]:
+            spans.append((mask[start] == 0, ids[start:j]))
+            start = j
+    return spans
