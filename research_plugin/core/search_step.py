@@ -38,6 +38,9 @@ def _check_retriever(spec: Any, where: str) -> Any:
     return check_spec(spec, where)
 
 
+PROMPT_FORMATS = ("auto", "chat", "raw")
+
+
 @dataclass(frozen=True)
 class SearchAgentConfig:
     dialect: str = field(default="research", metadata=limits(choices=lambda: DIALECTS))
@@ -51,7 +54,7 @@ class SearchAgentConfig:
     """Seconds one search may take before it is recorded as failed."""
     retriever: Any = field(default="demo", metadata=limits(check=_check_retriever))
     """A retriever spec: ``"demo"``, an ``http(s)://.../retrieve`` URL, or a mapping (``research_plugin.retrieval``)."""
-    prompt_format: str = field(default="auto", metadata=limits(choices=("auto", "chat", "raw")))
+    prompt_format: str = field(default="auto", metadata=limits(choices=PROMPT_FORMATS))
     """``chat`` (apply the chat template), ``raw`` (concatenate message texts, for base-model templates) or ``auto``."""
     mask_results: bool = True
     """Result tokens get ``response_mask`` 0 (no loss, KL or entropy). ``False`` trains on them as if the policy had
