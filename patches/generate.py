@@ -62,6 +62,7 @@ MODULES = {
     "research_plugin.core.rewards": f"{REWARD}.rewards",
     "research_plugin.core.settings": f"{REWARD}.settings",
     "research_plugin.verl.agent_loop": LOOP,
+    "research_plugin.core.papers": f"{REWARD}.papers",
     "research_plugin.core.prompts": f"{SEARCH}.prompts",
     "research_plugin.core.search_step": f"{SEARCH}.search_step",
     "research_plugin.core.tokenizing": f"{SEARCH}.tokenizing",

@@ -16,10 +16,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from research_plugin.core.papers import PAPERS
 from research_plugin.core.prompts import base_prompt, chat_messages
 from research_plugin.core.rewards import SCHEMES
 from research_plugin.prepare import PrepareError, Source, prepare
-from research_plugin.prepare.pipeline import DEFAULT_SCHEME
 from research_plugin.prepare.readers import InputError
 from research_plugin.prepare.rows import schema
 from research_plugin.prepare.selection import mix_quotas
@@ -175,9 +175,20 @@ def test_base_template_and_dialect(tmp_path):
     assert row.prompt[0]["content"].endswith("Assistant:") and not row.extra_info["opens_think"]
 
 
-def test_default_scheme_follows_the_dialect():
-    for dialect, scheme in DEFAULT_SCHEME.items():
-        assert SCHEMES[scheme].dialect == dialect
+def test_each_papers_record_names_things_that_exist_and_belong_to_it():
+    """The paper records index the other tables: its default scheme is one of its dialect's, its evaluation names
+    a known normalisation, metrics and judge prompt, and every dialect is a paper's."""
+    from research_plugin.core.answer_metrics import NORMALIZATIONS
+    from research_plugin.core.dialects import DIALECTS
+    from research_plugin.evaluation.judge import JUDGE_PROMPTS
+    from research_plugin.evaluation.protocols import DEFINITIONS, protocol_for_scheme
+
+    assert set(PAPERS) == set(DIALECTS)
+    for name, paper in PAPERS.items():
+        assert SCHEMES[paper.default_scheme].dialect == name == paper.dialect.name
+        assert paper.normalization in NORMALIZATIONS and paper.judge_prompt in JUDGE_PROMPTS
+        assert {key for _, key in paper.metrics} <= set(DEFINITIONS)
+        assert protocol_for_scheme(paper.default_scheme).paper == paper.title
 
 
 def test_too_many_bad_rows_fail_without_a_file(tmp_path):

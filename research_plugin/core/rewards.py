@@ -103,7 +103,9 @@ class Graded:
 
 
 def research(g: Graded) -> float:
-    """ReSearch: 0 for a wrong format, else the answer's F1, or 0.1 when that F1 is 0."""
+    """ReSearch: 0 for a wrong format, else the answer's F1, or 0.1 when that F1 is 0.
+
+    Follows ReSearch's reward code (F1 with ``validate_format``; :data:`.papers.PAPERS` names the repository)."""
     if not g.format_ok:
         return 0.0
     return g.answer_score if g.answer_score > 0 else 0.1
@@ -113,6 +115,7 @@ def r1_stage1(g: Graded) -> float:
     """R1-Searcher stage 1: 0.5 for searching at least once + 0.5 for a right format (+1 / -1 with answer_reward).
 
     That is the paper's form; ``answer_reward`` adds its stage-1 code's +1 / -1 for a covered / missed answer.
+    Follows the R1-Searcher paper (its stage-1 format code is not released; the stage-2 counting is used).
     """
     score = 0.5 * (g.num_searches > 0) + 0.5 * g.format_ok
     if g.options.answer_reward:
@@ -121,12 +124,16 @@ def r1_stage1(g: Graded) -> float:
 
 
 def r1_stage2(g: Graded) -> float:
-    """R1-Searcher stage 2: the answer metric, minus ``format_penalty`` for a wrong format."""
+    """R1-Searcher stage 2: the answer metric, minus ``format_penalty`` for a wrong format.
+
+    Follows R1-Searcher's stage-2 reward server (its tag counting and normalisation)."""
     return g.answer_score - (0.0 if g.format_ok else g.options.format_penalty)
 
 
 def search_r1_em(g: Graded) -> float:
-    """Search-R1: exact match of the answer (``metric="subem"``: its sub-EM); the format is not checked."""
+    """Search-R1: exact match of the answer (``metric="subem"``: its sub-EM); the format is not checked.
+
+    Follows Search-R1's ``qa_em``."""
     return g.answer_score
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..core.papers import PAPERS
 from ..core.rewards import SCHEMES
 
 DEFINITIONS = {
@@ -60,24 +61,10 @@ class Protocol:
         }
 
 
-PROTOCOLS = {
-    p.name: p
-    for p in (
-        Protocol("research", "ReSearch", "squad", (("EM", "em"), ("F1", "f1"), ("LJ", "lj")), "research"),
-        Protocol(
-            "r1_searcher",
-            "R1-Searcher",
-            "r1_searcher",
-            (("ACC_R (Cover-EM)", "acc_r"), ("ACC_L (LLM judge)", "lj"), ("EM", "em"), ("F1", "f1")),
-            "r1_searcher",
-        ),
-        Protocol("search_r1", "Search-R1", "squad", (("EM", "em"), ("sub-EM", "subem")), "yes_no"),
-    )
-}
-
-PAPER_OF_DIALECT = {"research": "research", "r1_searcher": "r1_searcher", "search_r1": "search_r1"}
+PROTOCOLS = {p.name: Protocol(p.name, p.title, p.normalization, p.metrics, p.judge_prompt) for p in PAPERS.values()}
+"""Each paper's protocol, by the paper's name (:data:`..core.papers.PAPERS`)."""
 
 
 def protocol_for_scheme(scheme: str) -> Protocol:
     """The protocol of the paper whose reward ``scheme`` is (by its dialect)."""
-    return PROTOCOLS[PAPER_OF_DIALECT[SCHEMES[scheme].dialect]]
+    return PROTOCOLS[SCHEMES[scheme].dialect]  # a paper's name is its dialect's

@@ -11,15 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from ..core.dialects import get_dialect
-from ..core.prompts import OPENS_THINK_BY_DEFAULT
+from ..core.papers import PAPERS
 from ..core.rewards import SCHEMES
 from .formats import FORMATS, BadRow, QAExample, detect_format, parse
 from .readers import Unreadable, read_records
 from .rows import TEMPLATES, build_row, write_parquet
 from .selection import drop_known, question_key, select
 
-DEFAULT_SCHEME = {"research": "research", "r1_searcher": "r1_stage2", "search_r1": "search_r1_em"}
-"""The reward scheme recorded in rows when ``--scheme`` is not given, per dialect."""
 LISTED_BAD_ROWS = 20
 """Bad rows printed per source; all are counted."""
 
@@ -130,7 +128,7 @@ def prepare(
 
     ``opens_think``: the prompts open the think block (R1-Searcher's do); default: the dialect's paper's choice."""
     get_dialect(dialect)
-    scheme = scheme or DEFAULT_SCHEME[dialect]
+    scheme = scheme or PAPERS[dialect].default_scheme
     if scheme not in SCHEMES:
         raise PrepareError(f"unknown reward scheme {scheme!r}; known: {sorted(SCHEMES)}")
     if template not in TEMPLATES:
@@ -181,7 +179,7 @@ def prepare(
 
     rows: list[dict[str, Any]] = []
     if opens_think is None:
-        opens_think = OPENS_THINK_BY_DEFAULT[dialect]
+        opens_think = PAPERS[dialect].opens_think
     opts = dict(split=split, dialect=dialect, scheme=scheme, template=template, opens_think=opens_think)
     for source, report, examples in zip(sources, reports, chosen):
         report.rows = len(examples)
