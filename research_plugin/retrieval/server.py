@@ -19,6 +19,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
@@ -278,62 +279,87 @@ def create_app(
         factory: Callable[[], Retriever] = partial(ProcessPoolRetriever, retriever, search_processes)
     else:
         factory = (lambda: retriever) if isinstance(retriever, Retriever) else retriever
-    state = _State(
-        lambda loaded: Batcher(
-            loaded,
-            index_id=index_id,
-            max_batch=max_batch,
-            batch_window_s=batch_window_ms / 1000.0,
-            max_queue=max_queue,
-            cache_size=cache_size,
-            max_in_flight=search_processes or None,  # None: the retriever's parallel_batches
-        )
+    batcher = partial(
+        Batcher,
+        index_id=index_id,
+        max_batch=max_batch,
+        batch_window_s=batch_window_ms / 1000.0,
+        max_queue=max_queue,
+        cache_size=cache_size,
+        max_in_flight=search_processes or None,  # None: the retriever's parallel_batches
     )
-    metrics = Metrics()
+    limits = _Limits(max_topk, max_queries, max_body_bytes)
+    return _Service(factory, _State(batcher), index_id, limits, token).app()
+
+
+@dataclass(frozen=True)
+class _Limits:
+    max_topk: int
+    max_queries: int
+    max_body_bytes: int
+
+
+class _Service:
+    """The endpoints over one index: each parses and checks its request, searches through the batcher and answers
+    in its API's shape. :meth:`app` wires them into FastAPI, which loads the index at startup."""
+
+    def __init__(
+        self, factory: Callable[[], Retriever], state: _State, index_id: str, limits: _Limits, token: str | None
+    ) -> None:
+        self.factory, self.state, self.index_id, self.limits = factory, state, index_id, limits
+        self.metrics = Metrics()
+        self.authorise = _bearer_check(token) if token else None
+
+    def app(self) -> FastAPI:
+        app = FastAPI(
+            title="research-plugin retrieval", lifespan=self.lifespan, docs_url=None, redoc_url=None, openapi_url=None
+        )
+        direct: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] = {}
+        app.add_middleware(_DirectRoutes, routes=direct)
+        app.add_middleware(_MetricsMiddleware, metrics=self.metrics)  # added last: the outer one, sees every answer
+        # endpoints that ``_DirectRoutes`` calls: bodies are parsed and validated here (FastAPI's per-request
+        # dependency machinery cost ~30 us of the ~80 us a search request spent in the app, measured); the router
+        # knows them too, so a wrong method gets its 405
+        for method, path, endpoint, guarded in (
+            ("POST", "/retrieve", self.retrieve, True),
+            ("POST", "/search", self.flashrag_search, True),
+            ("POST", "/batch_search", self.flashrag_batch_search, True),
+            ("GET", "/health", self.health, False),
+            ("GET", "/metrics", self.get_metrics, True),
+        ):
+            handle = self._guarded(endpoint) if guarded and self.authorise is not None else endpoint
+            direct[(method, path)] = handle
+            app.add_route(path, handle, methods=[method])
+        return app
+
+    def _guarded(self, endpoint: _Endpoint) -> _Endpoint:
+        async def handle(request: Request) -> Response:
+            self.authorise(request)
+            return await endpoint(request)
+
+        return handle
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loader = asyncio.create_task(state.load(factory))
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        loader = asyncio.create_task(self.state.load(self.factory))
         try:
             yield
         finally:
             loader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loader
-            await state.close()
+            await self.state.close()
 
-    app = FastAPI(title="research-plugin retrieval", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    direct: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] = {}
-    app.add_middleware(_DirectRoutes, routes=direct)
-    app.add_middleware(_MetricsMiddleware, metrics=metrics)  # added last: the outer one, so it sees every answer
-    authorise = _bearer_check(token) if token else None
-
-    def route(path: str, method: str, *, guarded: bool = True) -> Callable[[_Endpoint], _Endpoint]:
-        """Register an endpoint that ``_DirectRoutes`` calls: bodies are parsed and validated here (FastAPI's
-        per-request dependency machinery cost ~30 us of the ~80 us a search request spent in the app, measured). The
-        router knows it too, so a wrong method gets its 405."""
-
-        def register(endpoint: _Endpoint) -> _Endpoint:
-            async def handle(request: Request) -> Response:
-                if guarded and authorise is not None:
-                    authorise(request)
-                return await endpoint(request)
-
-            direct[(method, path)] = handle
-            app.add_route(path, handle, methods=[method])
-            return endpoint
-
-        return register
-
-    async def parse(request: Request, model: type[_Model]) -> _Model:
+    async def parse(self, request: Request, model: type[_Model]) -> _Model:
+        limit = self.limits.max_body_bytes
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > max_body_bytes:
-            raise HTTPException(413, f"request body is over {max_body_bytes} bytes")
+        if declared.isdigit() and int(declared) > limit:
+            raise HTTPException(413, f"request body is over {limit} bytes")
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
-            if len(body) > max_body_bytes:
-                raise HTTPException(413, f"request body is over {max_body_bytes} bytes")
+            if len(body) > limit:
+                raise HTTPException(413, f"request body is over {limit} bytes")
         try:
             return model.model_validate_json(bytes(body))
         except ValidationError as e:
@@ -341,13 +367,14 @@ def create_app(
             message = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in errors)
             raise HTTPException(400 if errors[0]["type"] == "json_invalid" else 422, message) from None
 
-    async def find(queries: list[str], top_k: int, top_k_field: str) -> list[tuple[Passage, ...]]:
+    async def find(self, queries: list[str], top_k: int, top_k_field: str) -> list[tuple[Passage, ...]]:
+        limits, state = self.limits, self.state
         if not queries:
             raise HTTPException(422, "no queries given")
-        if len(queries) > max_queries:
-            raise HTTPException(422, f"{len(queries)} queries given; at most {max_queries} per request")
-        if not 1 <= top_k <= max_topk:
-            raise HTTPException(422, f"{top_k_field} must be between 1 and {max_topk}, got {top_k}")
+        if len(queries) > limits.max_queries:
+            raise HTTPException(422, f"{len(queries)} queries given; at most {limits.max_queries} per request")
+        if not 1 <= top_k <= limits.max_topk:
+            raise HTTPException(422, f"{top_k_field} must be between 1 and {limits.max_topk}, got {top_k}")
         if state.batcher is None:
             detail = f"index failed to load: {state.load_error}" if state.load_error else "index is loading"
             raise HTTPException(503, detail, headers={"Retry-After": str(_RETRY_AFTER_LOADING_S)})
@@ -359,40 +386,35 @@ def create_app(
         except BackendError as e:
             raise HTTPException(503, str(e)) from None
 
-    @route("/retrieve", "POST")
-    async def retrieve(request: Request) -> Response:
-        req = await parse(request, RetrieveRequest)
-        found = await find(req.queries, 3 if req.topk is None else req.topk, "topk")
+    async def retrieve(self, request: Request) -> Response:
+        """Search-R1's ``/retrieve``."""
+        req = await self.parse(request, RetrieveRequest)
+        found = await self.find(req.queries, 3 if req.topk is None else req.topk, "topk")
         if req.return_scores:
             return _Answer({"result": [[{"document": _doc(p), "score": p.score} for p in ps] for ps in found]})
         return _Answer({"result": [[_doc(p) for p in ps] for ps in found]})
 
-    @route("/search", "POST")
-    async def flashrag_search(request: Request) -> Response:
-        req = await parse(request, SearchRequest)
-        (found,) = await find([req.query], req.top_n, "top_n")
+    async def flashrag_search(self, request: Request) -> Response:
+        req = await self.parse(request, SearchRequest)
+        (found,) = await self.find([req.query], req.top_n, "top_n")
         docs = [_doc(p) for p in found]
         return _Answer([docs, [p.score for p in found]] if req.return_score else docs)
 
-    @route("/batch_search", "POST")
-    async def flashrag_batch_search(request: Request) -> Response:
-        req = await parse(request, BatchSearchRequest)
-        found = await find(req.query, req.top_n, "top_n")
+    async def flashrag_batch_search(self, request: Request) -> Response:
+        req = await self.parse(request, BatchSearchRequest)
+        found = await self.find(req.query, req.top_n, "top_n")
         docs = [[_doc(p) for p in ps] for ps in found]
         return _Answer([docs, [[p.score for p in ps] for ps in found]] if req.return_score else docs)
 
-    @route("/health", "GET", guarded=False)
-    async def health(request: Request) -> Response:
+    async def health(self, request: Request) -> Response:
+        state = self.state
         if state.batcher is None:
             status = "failed" if state.load_error else "loading"
-            return JSONResponse({"status": status, "index": index_id, "error": state.load_error}, status_code=503)
-        return JSONResponse({"status": "ok", "index": index_id, "passages": state.passages})
+            return JSONResponse({"status": status, "index": self.index_id, "error": state.load_error}, status_code=503)
+        return JSONResponse({"status": "ok", "index": self.index_id, "passages": state.passages})
 
-    @route("/metrics", "GET")
-    async def get_metrics(request: Request) -> Response:
-        return JSONResponse(metrics.snapshot(state.batcher))
-
-    return app
+    async def get_metrics(self, request: Request) -> Response:
+        return JSONResponse(self.metrics.snapshot(self.state.batcher))
 
 
 class _Answer(JSONResponse):
