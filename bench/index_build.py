@@ -205,7 +205,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     import torch
-    from retrieval import _shown  # bench/retrieval.py
+    from retrieval.corpus import _shown  # bench/retrieval/
 
     from research_plugin.retrieval.dense import Encoder
 

@@ -1,4 +1,4 @@
-"""``bench/retrieval.py`` against its backend of set latency, shortened to seconds: the whole bench runs (corpus,
+"""``bench/retrieval`` against its backend of set latency, shortened to seconds: the whole bench runs (corpus,
 (b), (a) and (c) servers, ratios, JSON, plot) and the server batches as the bench's recorded figures say."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "retrieval.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "retrieval"
 
 
 def test_latency_backend_run(tmp_path: Path) -> None:

@@ -65,7 +65,7 @@ def run(args) -> int:
     from ..retrieval.server import create_app
 
     # torch and faiss each bring an OpenMP runtime whose idle threads spin, taking the cores that the other library
-    # and the event loop need (bench/retrieval.py, dense on 2 cores: 32 -> 50 q/s at one client); let them sleep.
+    # and the event loop need (bench/retrieval, dense on 2 cores: 32 -> 50 q/s at one client); let them sleep.
     # Set before the index loads (the first import of torch or faiss reads it); a value in the environment wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     index = Path(args.index)

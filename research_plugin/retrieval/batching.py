@@ -19,7 +19,7 @@ within an HTTP round trip; a slow backend makes a bigger batch worth more), at m
 the backend, the clients come back within a round trip, so a longer wait only adds latency) and at least
 ``batch_window_s`` (0: never wait). The service time is a moving average over the batches the backend answered
 without an error (a failure is no measure of it), starting from zero rather than from the first, cold, batch. An
-idle server (a demand of one query) never waits. ``bench/retrieval.py`` measures the service against the backend
+idle server (a demand of one query) never waits. ``bench/retrieval`` measures the service against the backend
 alone, on real indexes and on a backend of set latency (a GPU box's regime).
 """
 

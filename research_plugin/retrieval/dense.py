@@ -46,7 +46,7 @@ BLAS_THRESHOLD = 4
 """Batches of at least this many queries are scored with one BLAS matrix product (faiss's
 ``distance_compute_blas_threshold``). faiss 1.15 ships 128000, so every batch takes its query-by-query SIMD scan.
 Measured on 2 CPU cores, flat index of 100k 384-d vectors, ms a query (SIMD / BLAS): batch 2: 2.8 / 4.4; batch 4:
-2.7 / 2.3; batch 16: 2.7 / 0.67; batch 64: 2.6 / 0.42 (``bench/retrieval.py`` measures the whole service)."""
+2.7 / 2.3; batch 16: 2.7 / 0.67; batch 64: 2.6 / 0.42 (``bench/retrieval`` measures the whole service)."""
 
 
 def bundled_minilm_path() -> Path:

@@ -2,7 +2,7 @@
 
 Each search takes ``stages`` of ``fixed_ms + per_query_ms * batch`` each, slept (so it takes no CPU, as an
 accelerator would not), each stage behind its own lock: with two stages (an encoder on a GPU, a scan on the CPU)
-two batches overlap, and ``parallel_batches`` says so. ``bench/retrieval.py`` measured the dense backend on an
+two batches overlap, and ``parallel_batches`` says so. ``bench/retrieval`` measured the dense backend on an
 H200 at 66.8 ms + 0.807 ms a query (E5-base-shaped encoder in fp16 + faiss Flat over 21M passages). Every query
 gets the same ``top_k`` passages back for the same text, ``words`` words each (wiki-18's are ~100), out of as many as
 wiki-18 has.
