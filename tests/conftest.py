@@ -5,16 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from .corpora import write_corpus
-
-MINI_CORPUS = [
-    ("Orvell Glassworks", "The Orvell Glassworks is a glass factory in Tamsk. It was founded in 1871 by Ilsa Marrow."),
-    ("Ilsa Marrow", "Ilsa Marrow was an industrialist born in the harbour town of Keddle in 1840."),
-    ("Keddle", "Keddle is a harbour town on the Quessa River, known for its fish market and lighthouse."),
-    ("Tamsk", "Tamsk is the second largest city of Varenholt and a centre of glassmaking."),
-    ("Quessa River", "The Quessa River is 412 kilometres long and flows into the Amber Sea."),
-    ("Varenholt", "Varenholt is a kingdom whose capital is Lune. Its currency is the varen."),
-]
+from .corpora import MINI_CORPUS, write_corpus
 
 
 @pytest.fixture(autouse=True)

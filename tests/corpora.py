@@ -9,6 +9,16 @@ from pathlib import Path
 from research_plugin.retrieval import Passage
 
 # 26 one-sentence encyclopedia entries on unrelated topics: each one is the best match for its own distinctive words.
+MINI_CORPUS = [
+    ("Orvell Glassworks", "The Orvell Glassworks is a glass factory in Tamsk. It was founded in 1871 by Ilsa Marrow."),
+    ("Ilsa Marrow", "Ilsa Marrow was an industrialist born in the harbour town of Keddle in 1840."),
+    ("Keddle", "Keddle is a harbour town on the Quessa River, known for its fish market and lighthouse."),
+    ("Tamsk", "Tamsk is the second largest city of Varenholt and a centre of glassmaking."),
+    ("Quessa River", "The Quessa River is 412 kilometres long and flows into the Amber Sea."),
+    ("Varenholt", "Varenholt is a kingdom whose capital is Lune. Its currency is the varen."),
+]
+"""A six-passage two-hop world (titles, texts) written by the ``mini_corpus`` fixture."""
+
 TOPICS = [
     ("Volcano", "A volcano is a rupture in the crust through which lava, ash and gases escape from a magma chamber."),
     ("Honeybee", "Honeybees live in hives, gather nectar from flowers and store honey in wax combs."),

@@ -102,8 +102,10 @@ def test_recipes_ls_dir_and_cp(tmp_path):
         "tiny_cpu_grpo",
         "research_qwen2.5_7b_instruct",
         "rollout_engine/vllm_cpu",
-        "openrlhf/search_r1_like",
+        "search_r1_like.sh",
     } <= set(names)
+    paper = [n for n in names if n.startswith("r1_searcher")]  # a paper's verl configs and OpenRLHF scripts together
+    assert paper == ["r1_searcher_stage1", "r1_searcher_stage1.sh", "r1_searcher_stage2", "r1_searcher_stage2.sh"]
     folder = cli("recipes", "dir").stdout.strip()
     assert (Path(folder) / "tiny_cpu_grpo.yaml").is_file()
     copied = cli("recipes", "cp", "tiny_cpu_grpo", str(tmp_path))
@@ -113,7 +115,7 @@ def test_recipes_ls_dir_and_cp(tmp_path):
     )
     assert "--config-path" in copied.stdout
     assert cli("recipes", "cp", "tiny_cpu_grpo", str(tmp_path)).returncode == 2  # never overwrites
-    shell = cli("recipes", "cp", "openrlhf/r1_searcher_stage1", str(tmp_path / "or"))
+    shell = cli("recipes", "cp", "r1_searcher_stage1.sh", str(tmp_path / "or"))
     assert shell.returncode == 0 and {p.name for p in (tmp_path / "or").iterdir()} == {
         "r1_searcher_stage1.sh",
         "launch.sh",
@@ -137,8 +139,8 @@ def test_the_wheel_carries_the_recipes_and_the_policy(tmp_path):
     for name in (
         "tiny_cpu_grpo.yaml",
         "rollout_engine/vllm_cpu.yaml",
-        "openrlhf/launch.sh",
-        "openrlhf/search_r1_like.sh",
+        "launch.sh",
+        "search_r1_like.sh",
     ):
         assert f"research_plugin/recipes/{name}" in names
     assert "research_plugin/data/demo_corpus.jsonl" in names and "research_plugin/openrlhf/agent_func.py" in names

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from research_plugin.core.prompts import base_prompt, chat_messages
-from research_plugin.demo.run import load_questions
+from research_plugin.evaluation.demo import load_questions
 from research_plugin.evaluation.metrics import answer_scores
 from research_plugin.evaluation.runner import EvalSettings, run_eval
 

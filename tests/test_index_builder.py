@@ -26,7 +26,7 @@ from research_plugin.retrieval import BM25Retriever, Retriever, build_retriever,
 from research_plugin.retrieval.dense import DenseRetriever, Encoder
 from research_plugin.retrieval.index_builder import build_index
 
-from .conftest import MINI_CORPUS
+from .corpora import MINI_CORPUS
 
 QUESTION = "Who founded the Orvell Glassworks?"
 

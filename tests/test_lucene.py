@@ -28,8 +28,7 @@ from research_plugin.retrieval import lucene as lucene_module
 from research_plugin.retrieval.index_builder import build_index
 from research_plugin.retrieval.lucene import CorpusLookup, LuceneRetriever, LuceneUnavailableError, java_home
 
-from .conftest import MINI_CORPUS
-from .corpora import TOPICS
+from .corpora import MINI_CORPUS, TOPICS
 from .local_http import free_port, wait_until
 
 

@@ -32,7 +32,7 @@ from research_plugin.core.dialects import DIALECTS  # noqa: E402
 from research_plugin.core.rewards import SCHEMES  # noqa: E402
 from research_plugin.core.search_step import SearchAgentConfig  # noqa: E402
 from research_plugin.openrlhf.agent import AgentExecutor, AgentSettings, load_settings, parse_label  # noqa: E402
-from research_plugin.recipes import recipes_dir  # noqa: E402
+from research_plugin.recipes import list_recipes  # noqa: E402
 
 from .local_http import free_port  # noqa: E402
 from .main_job import shm_segments  # noqa: E402
@@ -499,7 +499,7 @@ def test_openrlhfs_policy_loss_gives_no_gradient_on_result_tokens(rollout):
 # the shell recipes: what they submit, checked against OpenRLHF 0.11.2's own command line
 # ---------------------------------------------------------------------------------------------------------------
 
-RECIPES = sorted((recipes_dir() / "openrlhf").glob("*.sh"))
+RECIPES = sorted(r.path for r in list_recipes() if r.framework == "OpenRLHF")
 FAKE_RAY = """#!/usr/bin/env python3
 import json, os, sys
 json.dump(sys.argv[1:], open(os.environ["RAY_ARGV_FILE"], "w"))
@@ -529,7 +529,13 @@ def openrlhf_flags() -> dict[str, list | None]:
     return flags
 
 
-@pytest.mark.parametrize("recipe", [r for r in RECIPES if r.name != "launch.sh"], ids=lambda p: p.stem)
+def test_each_paper_has_its_openrlhf_script():
+    assert [p.name for p in RECIPES] == [
+        "r1_searcher_stage1.sh", "r1_searcher_stage2.sh", "research_qwen2.5_7b_instruct.sh", "search_r1_like.sh"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_openrlhf_recipe_submits_a_valid_job(recipe, tmp_path):
     fake = tmp_path / "bin" / "ray"
     fake.parent.mkdir()

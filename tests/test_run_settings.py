@@ -114,7 +114,7 @@ def test_eval_rolls_out_with_the_runs_reward_options():
 
 
 def test_demo_takes_the_runs_settings_and_the_question_sets_retriever(tmp_path):
-    from research_plugin.demo.run import demo_settings
+    from research_plugin.evaluation.demo import demo_settings
 
     run = make_run(tmp_path / "run")
     facts = {"dialect": "research", "top_k": 2, "max_searches": 4, "retriever": {"type": "bm25", "corpus": "w.jsonl"}}

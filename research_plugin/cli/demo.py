@@ -30,7 +30,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..demo.run import run_demo
+    from ..evaluation.demo import run_demo
 
     try:
         run_demo(

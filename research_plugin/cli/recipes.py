@@ -33,7 +33,7 @@ def run(args) -> int:
         print(
             '\nverl: python -m verl.trainer.main_ppo --config-path "$(research-plugin recipes dir)" --config-name NAME'
         )
-        print('(a config group: add +GROUP=NAME); OpenRLHF: bash "$(research-plugin recipes dir)/openrlhf/NAME.sh"')
+        print('(a config group: add +GROUP=NAME); OpenRLHF: bash "$(research-plugin recipes dir)/NAME" (NAME.sh)')
         return 0
     if not args.name:
         print("recipes cp: name a recipe (research-plugin recipes ls)", file=sys.stderr)

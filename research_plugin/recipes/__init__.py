@@ -3,7 +3,12 @@
 - verl: Hydra configs for ``python -m verl.trainer.main_ppo --config-path DIR --config-name NAME`` (``DIR`` is
   :func:`recipes_dir`, what ``research-plugin recipes dir`` prints), plus the config group ``rollout_engine``
   (``+rollout_engine=vllm_cpu``);
-- OpenRLHF: shell scripts in ``openrlhf/`` that submit a Ray job (``launch.sh`` is shared by them).
+- OpenRLHF: shell scripts that submit a Ray job, each beside the verl config of the same paper and run
+  (``research_qwen2.5_7b_instruct.yaml`` and ``.sh``; ``launch.sh`` is shared by them).
+
+Recipes are named by paper first (``research_``, ``r1_searcher_``, ``search_r1_``), so a listing groups them by
+paper; they stay in one folder because Hydra reads a config group override (``+rollout_engine=vllm_cpu``) relative
+to the folder of the config it is given.
 
 Like torchtune's ``tune ls`` / ``tune cp``: :func:`list_recipes` names them, :func:`copy_recipe` copies one out for
 editing.
@@ -19,7 +24,7 @@ from pathlib import Path
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    """``tiny_cpu_grpo``, ``openrlhf/r1_searcher_stage1``; config groups as ``rollout_engine/vllm_cpu``."""
+    """``tiny_cpu_grpo``, ``r1_searcher_stage1.sh`` (OpenRLHF); config groups as ``rollout_engine/vllm_cpu``."""
     path: Path
     framework: str
     summary: str
@@ -45,12 +50,8 @@ def list_recipes() -> list[Recipe]:
         Recipe(f"{p.parent.name}/{p.stem}", p, "verl (config group)", _summary(p))
         for p in sorted(root.glob("*/*.yaml"))
     ]
-    found += [
-        Recipe(f"openrlhf/{p.stem}", p, "OpenRLHF", _summary(p))
-        for p in sorted((root / "openrlhf").glob("*.sh"))
-        if p.name != "launch.sh"
-    ]
-    return found
+    found += [Recipe(p.name, p, "OpenRLHF", _summary(p)) for p in root.glob("*.sh") if p.name != "launch.sh"]
+    return sorted(found, key=lambda r: r.name)
 
 
 def find_recipe(name: str) -> Recipe:

@@ -1,4 +1,5 @@
-"""``research-plugin demo``: search-agent rollouts through verl's own AgentLoopWorker and reward loop on CPU.
+"""``research-plugin demo``: search-agent rollouts through verl's own AgentLoopWorker and reward loop on CPU (the
+in-process driver of :mod:`..verl.local_rollout`, as ``eval``'s).
 
 Questions are the fact world's held-out ones with BM25 over its corpus (the main job's task), or the bundled
 two-hop set over the bundled corpus (``questions="two_hop"``: beyond the tiny policy, it shows the plumbing); the
@@ -36,9 +37,9 @@ def _questions(which: str, n: int) -> tuple[list[dict], dict]:
         raise ValueError(f"questions must be one of {', '.join(QUESTIONS)}, not {which!r}")
     from omegaconf import OmegaConf
 
+    from ..demo.assets import register_resolvers, split_rows
+    from ..demo.fact_world import bundled_world, question_rows
     from ..recipes import recipes_dir
-    from .assets import register_resolvers, split_rows
-    from .fact_world import bundled_world, question_rows
 
     register_resolvers()
     settings = OmegaConf.to_container(OmegaConf.load(recipes_dir() / "tiny_cpu_grpo.yaml").search_agent, resolve=True)
@@ -88,9 +89,9 @@ def run_demo(
     from omegaconf import open_dict
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ..demo.assets import demo_model
     from ..verl.hf_generation import HFGenerationServer
     from ..verl.run_report import resolve_model_dir
-    from .assets import demo_model
 
     model_dir = resolve_model_dir(model) if model else Path(demo_model())
     rows, questions_search = _questions(questions, n)

@@ -8,7 +8,7 @@
 #   research-plugin prepare nq_hotpotqa --input nq=nq/train.jsonl --input hotpotqa=hotpotqa/train.jsonl \
 #       --dialect search_r1 --template base --out data/search_r1/train.parquet
 # Run:
-#   RETRIEVER=http://10.0.0.5:8000/retrieve bash "$(research-plugin recipes dir)"/openrlhf/search_r1_like.sh
+#   RETRIEVER=http://10.0.0.5:8000/retrieve bash "$(research-plugin recipes dir)"/search_r1_like.sh
 set -euo pipefail
 source "$(dirname "$0")/launch.sh"
 

@@ -8,7 +8,7 @@
 # used harder questions: its stage_2.jsonl, or --answerable-only MuSiQue-style filtering of your own).
 # Run (MODEL = stage 1's Hugging Face copy):
 #   MODEL=$PWD/checkpoints/openrlhf/r1_searcher_stage1 RETRIEVER=http://10.0.0.5:8000/retrieve \
-#       bash "$(research-plugin recipes dir)"/openrlhf/r1_searcher_stage2.sh
+#       bash "$(research-plugin recipes dir)"/r1_searcher_stage2.sh
 set -euo pipefail
 source "$(dirname "$0")/launch.sh"
 

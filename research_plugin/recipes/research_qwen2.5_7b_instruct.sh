@@ -9,7 +9,7 @@
 #   research-plugin prepare musique --input musique_ans_v1.0_train.jsonl --split train --dialect research \
 #       --template instruct --out data/research/musique_train.parquet
 # Run:
-#   RETRIEVER=http://10.0.0.5:8000/retrieve bash "$(research-plugin recipes dir)"/openrlhf/research_qwen2.5_7b_instruct.sh
+#   RETRIEVER=http://10.0.0.5:8000/retrieve bash "$(research-plugin recipes dir)"/research_qwen2.5_7b_instruct.sh
 set -euo pipefail
 source "$(dirname "$0")/launch.sh"
 

@@ -11,7 +11,7 @@
 #       --out data/r1_searcher/stage1_train.parquet
 # Retriever: `research-plugin serve --index indexes/wiki-dense --port 8000` on a reachable host.
 # Run (after `ray start --head`; override any variable below from the environment, any flag after the script):
-#   RETRIEVER=http://10.0.0.5:8000/retrieve bash "$(research-plugin recipes dir)"/openrlhf/r1_searcher_stage1.sh
+#   RETRIEVER=http://10.0.0.5:8000/retrieve bash "$(research-plugin recipes dir)"/r1_searcher_stage1.sh
 set -euo pipefail
 source "$(dirname "$0")/launch.sh"
 
