@@ -1,5 +1,5 @@
 """``research-plugin doctor``: import verl as a training process would and report what our plugin registered, and
-whether verl's vLLM     rollout can run here."""
+whether verl's vLLM rollout can run here."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """``research-plugin eval``: evaluate a search policy on prepared benchmark files: the papers' metrics (EM, F1,
-ACC_R, sub-EM, LLM judge),     searches, retrieval recall."""
+ACC_R, sub-EM, LLM judge), searches, retrieval recall."""
 
 from __future__ import annotations
 
