@@ -117,7 +117,7 @@ def test_policy_weights_changed_and_a_checkpoint_was_written(run):
 
 
 def test_the_run_ends_with_a_summary_metrics_plots_and_a_model_eval_and_demo_load(run):
-    from research_plugin.verl.run_report import latest_hf_checkpoint, resolve_model_dir
+    from research_plugin.checkpoints import latest_hf_checkpoint, resolve_model_dir
 
     log, steps = run["log"], run["steps"]
     assert f"=== tiny_cpu_grpo: {steps} training steps in" in log

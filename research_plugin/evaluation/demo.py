@@ -89,9 +89,9 @@ def run_demo(
     from omegaconf import open_dict
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ..checkpoints import resolve_model_dir
     from ..demo.assets import demo_model
     from ..verl.hf_generation import HFGenerationServer
-    from ..verl.run_report import resolve_model_dir
 
     model_dir = resolve_model_dir(model) if model else Path(demo_model())
     rows, questions_search = _questions(questions, n)

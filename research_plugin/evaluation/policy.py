@@ -228,8 +228,8 @@ def load_policy(
 
     from transformers import AutoModelForCausalLM
 
+    from ..checkpoints import resolve_model_dir
     from ..verl.hf_generation import HFGenerationServer
-    from ..verl.run_report import resolve_model_dir
 
     try:
         model_dir = resolve_model_dir(model)

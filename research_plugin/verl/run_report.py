@@ -21,6 +21,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..checkpoints import latest_hf_checkpoint
 from ..dynamics.training_logs import validation_means
 from .guard import GuardSignal
 from .run_settings import record_run
@@ -28,31 +29,6 @@ from .run_settings import record_run
 logger = logging.getLogger(__name__)
 
 REPORTED = (("reward", ("reward", "score")), ("answer F1", ("f1",)), ("searches / question", ("num_searches",)))
-
-
-def latest_hf_checkpoint(root: str | Path) -> Path | None:
-    """The newest ``global_step_N/actor/huggingface`` under a verl checkpoint folder, if it saved one."""
-    found = sorted(
-        Path(root).glob("global_step_*/actor/huggingface"), key=lambda p: int(p.parts[-3].rsplit("_", 1)[-1])
-    )
-    return found[-1] if found and (found[-1] / "config.json").is_file() else None
-
-
-def resolve_model_dir(path: str | Path) -> Path:
-    """A Hugging Face model folder from ``path``: the folder itself, or the newest Hugging Face copy in a verl
-    checkpoint folder (``trainer.default_local_dir`` of a run whose ``checkpoint.save_contents`` has
-    ``hf_model``, as the embedded default's has)."""
-    p = Path(path)
-    if (p / "config.json").is_file():
-        return p
-    hf = latest_hf_checkpoint(p)
-    if hf is None:
-        raise ValueError(
-            f"{path} is neither a Hugging Face model folder (config.json) nor a verl checkpoint folder with a "
-            "Hugging Face copy (global_step_N/actor/huggingface; save it with "
-            "actor_rollout_ref.actor.checkpoint.save_contents including hf_model)"
-        )
-    return hf
 
 
 class RunReportMixin:
