@@ -354,7 +354,7 @@ def test_result_ids_are_the_result_blocks_tokens_and_repeat_from_the_cache(tiny_
 
     from transformers import AutoTokenizer
 
-    from research_plugin.core import search_step
+    from research_plugin.core import tokenizing
     from research_plugin.core.search_step import SearchAgentConfig, SearchStep
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -368,8 +368,7 @@ def test_result_ids_are_the_result_blocks_tokens_and_repeat_from_the_cache(tiny_
     ids, text = asyncio.run(both(SearchStep(cfg, tok)))
     assert ids == tok.encode(text, add_special_tokens=False)
     assert (" ..." in text) == (cap == 20)
-    cache = search_step._encoded_blocks(tok)
-    assert len(cache) >= 1
+    assert len(tokenizing._check(tok).blocks) >= 1
     step = SearchStep(cfg, tok)
     again = asyncio.run(step.result_ids(segment))
     assert again == ids and step.counters.num_searches == 1  # searched, then tokenised from the cache

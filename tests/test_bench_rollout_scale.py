@@ -35,9 +35,11 @@ def test_the_quick_run_rolls_out_every_scripted_search_over_http(tmp_path):
 
 
 def _size(n, wall, ideal, sync, cpu_ms, fraction=0.01, failed=0, around=0.0):
-    return {"trajectories": n, "wall_s": wall, "ideal_s": ideal, "sync_s": sync, "lead_in_s": around / 2,
-            "tail_s": around / 2, "agent_cpu_fraction": fraction, "agent_cpu_ms_per_search": cpu_ms,
-            "failed_searches": failed}  # fmt: skip
+    """A size's result as ``measure`` records it, its ratios included."""
+    r = {"trajectories": n, "wall_s": wall, "ideal_s": ideal, "sync_s": sync, "lead_in_s": around / 2,
+         "tail_s": around / 2, "agent_cpu_fraction": fraction, "agent_cpu_ms_per_search": cpu_ms,
+         "failed_searches": failed}  # fmt: skip
+    return {**r, **load_bench("rollout_scale").ratios(r)}
 
 
 def test_the_verdict_is_the_issues_targets_at_1280_and_flat_across_sizes():

@@ -180,8 +180,7 @@ def test_each_papers_record_names_things_that_exist_and_belong_to_it():
     a known normalisation, metrics and judge prompt, and every dialect is a paper's."""
     from research_plugin.core.answer_metrics import NORMALIZATIONS
     from research_plugin.core.dialects import DIALECTS
-    from research_plugin.evaluation.judge import JUDGE_PROMPTS
-    from research_plugin.evaluation.protocols import DEFINITIONS, protocol_for_scheme
+    from research_plugin.evaluation.protocols import DEFINITIONS, JUDGE_PROMPTS, protocol_for_scheme
 
     assert set(PAPERS) == set(DIALECTS)
     for name, paper in PAPERS.items():

@@ -121,7 +121,7 @@ def test_demo_takes_the_runs_settings_and_the_question_sets_retriever(tmp_path):
     given = {"dialect": None, "scheme": None, "response_length": 128}
     values, agent, said = demo_settings(str(run), {"retriever": "demo"}, given)
     assert agent == {"dialect": "research", "top_k": 2, "max_searches": 4, "max_result_tokens": 192,
-                     "prompt_format": "auto", "retriever": "demo"}  # fmt: skip
+                     "search_timeout": 60.0, "prompt_format": "auto", "retriever": "demo"}  # fmt: skip
     assert values["response_length"] == 128 and values["reward_options"] == {"format_penalty": 0.5}
     assert "from the command line: response_length=128" in said and "from the run (" in said
     # no run: the question set's settings (the fact world's: the main job's recipe), else the agent loop's

@@ -9,8 +9,7 @@ from ..core.answer_metrics import NORMALIZATIONS
 from ..core.dialects import DIALECTS
 from ..core.rewards import SCHEMES
 from ..core.search_step import PROMPT_FORMATS
-from ..evaluation.judge import JUDGE_PROMPTS
-from ..evaluation.protocols import PROTOCOLS
+from ..evaluation.protocols import JUDGE_PROMPTS, PROTOCOLS
 
 
 def register(sub) -> None:

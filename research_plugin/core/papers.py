@@ -29,7 +29,7 @@ class Paper:
     metrics: tuple[tuple[str, str], ...]
     """(label in its tables, row metric key), in its tables' order."""
     judge_prompt: str
-    """How its LLM judge is asked (:data:`..evaluation.judge.JUDGE_PROMPTS`)."""
+    """How its LLM judge is asked (:data:`..evaluation.protocols.JUDGE_PROMPTS`)."""
 
     @property
     def dialect(self) -> Dialect:

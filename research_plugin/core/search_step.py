@@ -17,9 +17,6 @@ import asyncio
 import dataclasses
 import logging
 import time
-import weakref
-from array import array
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +24,7 @@ from typing import Any
 from ..retrieval import SearchResult, built_retriever, get_retriever
 from .dialects import DIALECTS, Dialect, extract_query, format_passages, get_dialect, result_block, stopped_at_query
 from .settings import as_mapping, check_fields, limits
-from .tokenizing import decode, encode_lines
+from .tokenizing import decode, encode_lines, kept_ids
 
 logger = logging.getLogger(__name__)
 
@@ -92,18 +89,6 @@ class SearchCounters:
         return dataclasses.asdict(self)
 
 
-ENCODED_BLOCKS = 1024
-"""Result blocks whose token ids :meth:`SearchStep.result_ids` keeps, per tokenizer and process."""
-_encoded: weakref.WeakKeyDictionary[Any, OrderedDict] = weakref.WeakKeyDictionary()
-
-
-def _encoded_blocks(tokenizer: Any) -> OrderedDict:
-    blocks = _encoded.get(tokenizer)
-    if blocks is None:
-        blocks = _encoded[tokenizer] = OrderedDict()
-    return blocks
-
-
 class CPUMeter:
     """The CPU one coroutine spends itself: its thread's CPU time outside the awaits wrapped in :meth:`wait` (while
     it waits, the event loop runs other coroutines on the same thread)."""
@@ -150,27 +135,20 @@ class SearchStep:
         return result_block(self._cut(body) if passages else body, self.dialect)
 
     async def result_ids(self, segment: str) -> list[int]:
-        """:meth:`result_block`'s token ids. The last :data:`ENCODED_BLOCKS` blocks' ids are kept per tokenizer
-        and process (keyed by their passages' text): the samples of one question that get the same passages,
-        as GRPO's often do, join them once; their lines' ids are kept longer (:mod:`.tokenizing`)."""
+        """:meth:`result_block`'s token ids, kept per tokenizer and process by the block's text before cutting
+        (:func:`.tokenizing.kept_ids`)."""
         body, passages = await self._body(segment)
         key = (self.dialect.name, self.cfg.max_result_tokens if passages else None, body)
-        cache = _encoded_blocks(self.tokenizer)
-        ids = cache.get(key)
-        if ids is None:
-            ids = encode_lines(self.tokenizer, result_block(body, self.dialect))
-            # passages longer than max_result_tokens are cut; a block within it holds a body within it (the tags
-            # add tokens), so it needs no second tokenizing
-            if passages and len(ids) > self.cfg.max_result_tokens:
-                cut = self._cut(body)
-                if cut is not body:
-                    ids = encode_lines(self.tokenizer, result_block(cut, self.dialect))
-            ids = cache[key] = array("i", ids)
-            if len(cache) > ENCODED_BLOCKS:
-                cache.popitem(last=False)
-        else:
-            cache.move_to_end(key)
-        return ids.tolist()
+        return kept_ids(self.tokenizer, key, lambda: self._block_ids(body, passages))
+
+    def _block_ids(self, body: str, passages: bool) -> list[int]:
+        ids = encode_lines(self.tokenizer, result_block(body, self.dialect))
+        # a block within max_result_tokens holds a body within it (the tags add tokens): only a longer one is cut
+        if passages and len(ids) > self.cfg.max_result_tokens:
+            cut = self._cut(body)
+            if cut is not body:
+                ids = encode_lines(self.tokenizer, result_block(cut, self.dialect))
+        return ids
 
     def appended(self, num_tokens: int) -> None:
         """Record that a result block of ``num_tokens`` tokens went into the trajectory."""

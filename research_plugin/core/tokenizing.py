@@ -10,11 +10,12 @@ never joins a line break to a visible character after it (the split patterns of 
 break ends a pre-token, BPE never merges across it, and the joined ids are exactly the ids of the whole text.
 Whether a tokenizer is one of them is checked once per tokenizer, on probe texts that break the rule for others
 (a SentencePiece tokenizer marks the start of every text it is given); one that fails any probe gets its texts
-tokenised whole, as before.
+tokenised whole, as before. :func:`kept_ids` keeps whole texts' ids by a key its caller chooses (a result block
+by its passages: the samples of a question that get the same ones).
 
-Both functions call the Rust tokenizer directly when the Hugging Face wrapper would add nothing but overhead (its
-``encode``/``decode`` unchanged by the tokenizer class, no clean-up of tokenization spaces); that too is checked on
-the probes first.
+:func:`decode` and :func:`encode_lines` call the Rust tokenizer directly when the Hugging Face wrapper would add
+nothing but overhead (its ``encode``/``decode`` unchanged by the tokenizer class, no clean-up of tokenization
+spaces); that too is checked on the probes first.
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ import re
 import weakref
 from array import array
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 LINES_KEPT = 16384
 """Lines whose token ids are kept, per tokenizer and process (a few MiB: a step of 1,280 trajectories retrieves
 ~20,000 passage lines over all the agent-loop workers)."""
+BLOCKS_KEPT = 1024
+"""Whole texts whose ids :func:`kept_ids` keeps, per tokenizer and process."""
 
 _LINE_START = re.compile(r"(?<=\n)(?=[!-~])")
 """Where :func:`encode_lines` cuts: after a line break, before a visible ASCII character."""
@@ -48,23 +51,28 @@ PROBES = (
 
 @dataclass
 class _Tokenizer:
-    """What was found out about one tokenizer, and the ids of the lines it tokenised."""
+    """What was found out about one tokenizer, and the ids kept for it (lines, whole texts)."""
 
     encode: Any
     decode: Any
     by_lines: bool
     lines: OrderedDict = field(default_factory=OrderedDict)
+    blocks: OrderedDict = field(default_factory=OrderedDict)
+
+
+def _kept(table: OrderedDict, key: Any, make: Callable[[Any], Sequence[int]], size: int) -> array:
+    """``table[key]``, made by ``make(key)`` on a miss; the ``size`` most recently used are kept."""
+    ids = table.get(key)
+    if ids is None:
+        ids = table[key] = array("i", make(key))
+        while len(table) > size:
+            table.popitem(last=False)
+    else:
+        table.move_to_end(key)
+    return ids
 
 
 _checked: weakref.WeakKeyDictionary[Any, _Tokenizer] = weakref.WeakKeyDictionary()
-
-
-def _wrapper_encode(tokenizer: Any):
-    return lambda text: list(tokenizer.encode(text, add_special_tokens=False))
-
-
-def _wrapper_decode(tokenizer: Any):
-    return lambda ids: tokenizer.decode(ids, skip_special_tokens=False)
 
 
 def _fast_paths(tokenizer: Any) -> tuple[Any, Any] | None:
@@ -83,19 +91,16 @@ def _fast_paths(tokenizer: Any) -> tuple[Any, Any] | None:
     return encode, decode
 
 
-def _split(text: str) -> list[str]:
-    return _LINE_START.split(text)
-
-
 def _check(tokenizer: Any) -> _Tokenizer:
     found = _checked.get(tokenizer)
     if found is not None:
         return found
-    encode, decode = _wrapper_encode(tokenizer), _wrapper_decode(tokenizer)
+    encode = lambda text: list(tokenizer.encode(text, add_special_tokens=False))  # noqa: E731
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=False)  # noqa: E731
     fast = _fast_paths(tokenizer)
     if fast is not None and all(fast[0](p) == (ids := encode(p)) and fast[1](ids) == decode(ids) for p in PROBES):
         encode, decode = fast
-    by_lines = all(encode(p) == [i for line in _split(p) for i in encode(line)] for p in PROBES)
+    by_lines = all(encode(p) == [i for line in _LINE_START.split(p) for i in encode(line)] for p in PROBES)
     found = _checked[tokenizer] = _Tokenizer(encode, decode, by_lines)
     return found
 
@@ -110,25 +115,20 @@ def decode(tokenizer: Any, ids: Sequence[int]) -> str:
     return _check(tokenizer).decode(ids)
 
 
-def encode(tokenizer: Any, text: str) -> list[int]:
-    """``tokenizer.encode(text, add_special_tokens=False)``, without the wrapper's overhead where it adds nothing."""
-    return list(_check(tokenizer).encode(text))
-
-
 def encode_lines(tokenizer: Any, text: str) -> list[int]:
-    """The ids :func:`encode` gives ``text``, from the kept ids of its lines where the tokenizer allows it."""
+    """``tokenizer.encode(text, add_special_tokens=False)``, from the kept ids of its lines where the tokenizer
+    allows it."""
     tok = _check(tokenizer)
     if not tok.by_lines:
         return list(tok.encode(text))
     ids = array("i")
-    kept = tok.lines
-    for line in _split(text):
-        line_ids = kept.get(line)
-        if line_ids is None:
-            line_ids = kept[line] = array("i", tok.encode(line))
-            while len(kept) > LINES_KEPT:
-                kept.popitem(last=False)
-        else:
-            kept.move_to_end(line)
-        ids += line_ids
+    for line in _LINE_START.split(text):
+        ids += _kept(tok.lines, line, tok.encode, LINES_KEPT)
     return ids.tolist()
+
+
+def kept_ids(tokenizer: Any, key: Any, make: Callable[[], Sequence[int]]) -> list[int]:
+    """The ids of a text its caller names by ``key`` (a result block by its passages and cut), made by ``make()``
+    when not among the last :data:`BLOCKS_KEPT` kept for ``tokenizer`` in this process: the samples of one question
+    that get the same passages, as GRPO's often do, join and cut them once."""
+    return _kept(_check(tokenizer).blocks, key, lambda _: make(), BLOCKS_KEPT).tolist()

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..data import demo_questions_path
 from ..verl.local_rollout import make_batch, masked_spans, run_agent_loop, trainer_config
+from ..verl.run_settings import AGENT_SETTINGS
 
 QUESTIONS = ("facts", "two_hop")
 
@@ -46,16 +47,7 @@ def _questions(which: str, n: int) -> tuple[list[dict], dict]:
     return split_rows(question_rows(bundled_world()), "val")[:n], settings
 
 
-RUN_SETTINGS = (
-    "dialect",
-    "scheme",
-    "reward_options",
-    "top_k",
-    "max_searches",
-    "max_result_tokens",
-    "prompt_format",
-    "response_length",
-)
+RUN_SETTINGS = ("dialect", "scheme", "reward_options", *AGENT_SETTINGS, "response_length")
 """What a training run's folder given as ``--model`` supplies when the command line does not (the retriever is the
 question set's)."""
 
@@ -70,7 +62,7 @@ def demo_settings(model: str | None, questions_search: dict, given: dict) -> tup
 
     defaults = {**asdict(SearchAgentConfig()), **questions_search, "scheme": "research", "reward_options": {}}
     values, sources = resolve(model, RUN_SETTINGS, given, {**defaults, "response_length": 256})
-    agent = {k: values[k] for k in ("dialect", "top_k", "max_searches", "max_result_tokens", "prompt_format")}
+    agent = {k: values[k] for k in ("dialect", *AGENT_SETTINGS)}
     return values, {**agent, "retriever": questions_search["retriever"]}, sources
 
 

@@ -2,7 +2,7 @@
 ``/v1/chat/completions`` endpoint; verdicts are cached on disk, one JSON file per (model, prompt, question, golds,
 prediction), so a rerun asks nothing twice. A failed request is recorded (bounded retries), never raised.
 
-The question is asked as one of :data:`JUDGE_PROMPTS`: ``yes_no`` (a one-word verdict), ``research`` (as
+The question is asked as one of :data:`.protocols.JUDGE_PROMPTS`: ``yes_no`` (a one-word verdict), ``research`` (as
 ReSearch's judge is asked: reason first, then a JSON judgement ``correct`` / ``incorrect``) or ``r1_searcher``
 (as R1-Searcher's: ``True`` / ``False``, the prediction must carry the gold answer's meaning and key facts). The
 wording is ours; the protocols are the papers'."""
@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,63 +24,9 @@ import aiohttp
 from tqdm import tqdm
 
 from .http_json import RequestFailed, api_url, post_json
+from .protocols import JUDGE_PROMPTS
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class JudgePrompt:
-    name: str
-    system: str
-    user: str
-    """Formatted with ``question``, ``golds`` (`` | ``-joined) and ``prediction``."""
-    verdict: re.Pattern[str]
-    """Searched in the reply; group 1 is a word of ``positive`` or another verdict word."""
-    positive: tuple[str, ...]
-    max_tokens: int
-
-    def parse(self, reply: str) -> float | None:
-        match = self.verdict.search(reply)
-        return None if match is None else float(match.group(1).lower() in self.positive)
-
-
-JUDGE_PROMPTS = {
-    p.name: p
-    for p in (
-        JudgePrompt(
-            "yes_no",
-            "You grade answers to questions. Reply with a single word: yes or no.",
-            "Question: {question}\nGold answers: {golds}\nPredicted answer: {prediction}\n\n"
-            "Does the predicted answer mean the same as any of the gold answers? Minor differences in wording, "
-            "spelling or detail do not matter. Reply yes or no.",
-            re.compile(r"^\W*(yes|no)\b", re.IGNORECASE),
-            ("yes",),
-            16,
-        ),
-        JudgePrompt(
-            "research",
-            "You judge whether a predicted answer to a question is right, given the list of correct answers.",
-            "Question: {question}\nCorrect answers: {golds}\nPredicted answer: {prediction}\n\n"
-            "The prediction need not match any correct answer word for word, but it must mean the same as at "
-            "least one of them. First explain your reasoning in one or two sentences, then reply with a JSON "
-            'object: {{"rationale": "...", "judgement": "correct"}} or {{"rationale": "...", '
-            '"judgement": "incorrect"}}.',
-            re.compile(r'"judgement"\s*:\s*"(correct|incorrect)"', re.IGNORECASE),
-            ("correct",),
-            512,
-        ),
-        JudgePrompt(
-            "r1_searcher",
-            "You check answers against a golden answer.",
-            "Question: {question}\nGolden answer: {golds}\nPredicted answer: {prediction}\n\n"
-            "Is the predicted answer correct? It is correct when it agrees with the golden answer in meaning and "
-            "carries its key information. Reply True if it is correct and False if it is not.",
-            re.compile(r"^\W*(true|false)\b", re.IGNORECASE),
-            ("true",),
-            16,
-        ),
-    )
-}
 
 
 @dataclass(frozen=True)

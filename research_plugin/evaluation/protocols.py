@@ -16,6 +16,7 @@ judge prompt, and its definitions go into ``summary.json`` so two runs can be co
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ..core.papers import PAPERS
@@ -36,6 +37,61 @@ COMMON_ROWS = (
     ("Retrieval recall", "retrieval_recall", 100, 1),
     ("Malformed %", "malformed", 100, 1),
 )
+
+
+@dataclass(frozen=True)
+class JudgePrompt:
+    name: str
+    system: str
+    user: str
+    """Formatted with ``question``, ``golds`` (`` | ``-joined) and ``prediction``."""
+    verdict: re.Pattern[str]
+    """Searched in the reply; group 1 is a word of ``positive`` or another verdict word."""
+    positive: tuple[str, ...]
+    max_tokens: int
+
+    def parse(self, reply: str) -> float | None:
+        match = self.verdict.search(reply)
+        return None if match is None else float(match.group(1).lower() in self.positive)
+
+
+JUDGE_PROMPTS = {
+    p.name: p
+    for p in (
+        JudgePrompt(
+            "yes_no",
+            "You grade answers to questions. Reply with a single word: yes or no.",
+            "Question: {question}\nGold answers: {golds}\nPredicted answer: {prediction}\n\n"
+            "Does the predicted answer mean the same as any of the gold answers? Minor differences in wording, "
+            "spelling or detail do not matter. Reply yes or no.",
+            re.compile(r"^\W*(yes|no)\b", re.IGNORECASE),
+            ("yes",),
+            16,
+        ),
+        JudgePrompt(
+            "research",
+            "You judge whether a predicted answer to a question is right, given the list of correct answers.",
+            "Question: {question}\nCorrect answers: {golds}\nPredicted answer: {prediction}\n\n"
+            "The prediction need not match any correct answer word for word, but it must mean the same as at "
+            "least one of them. First explain your reasoning in one or two sentences, then reply with a JSON "
+            'object: {{"rationale": "...", "judgement": "correct"}} or {{"rationale": "...", '
+            '"judgement": "incorrect"}}.',
+            re.compile(r'"judgement"\s*:\s*"(correct|incorrect)"', re.IGNORECASE),
+            ("correct",),
+            512,
+        ),
+        JudgePrompt(
+            "r1_searcher",
+            "You check answers against a golden answer.",
+            "Question: {question}\nGolden answer: {golds}\nPredicted answer: {prediction}\n\n"
+            "Is the predicted answer correct? It is correct when it agrees with the golden answer in meaning and "
+            "carries its key information. Reply True if it is correct and False if it is not.",
+            re.compile(r"^\W*(true|false)\b", re.IGNORECASE),
+            ("true",),
+            16,
+        ),
+    )
+}
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,12 @@ from tqdm import tqdm
 
 from ..core.answer_metrics import NORMALIZATIONS
 from ..core.rewards import OPTION_NAMES
+from ..verl.run_settings import AGENT_SETTINGS
 from .data import EvalRow, load_rows
-from .judge import JUDGE_PROMPTS, JudgeItem, LLMJudge
+from .judge import JudgeItem, LLMJudge
 from .metrics import aggregate, answer_scores, macro_average, markdown_table, read_as_reward, reward_retrieval_hit
 from .metrics import retrieval_recall as recall_of
-from .protocols import PROTOCOLS, protocol_for_scheme
+from .protocols import JUDGE_PROMPTS, PROTOCOLS, protocol_for_scheme
 from .store import RowStore
 
 RUN_IDENTITY = (
@@ -46,8 +47,6 @@ RUN_IDENTITY = (
     "normalization",
 )
 """Settings that shape a row's result: a rerun into the same ``out`` must have the same ones."""
-
-AGENT_SETTINGS = ("top_k", "max_searches", "max_result_tokens", "search_timeout", "prompt_format")
 
 RUN_SETTINGS = ("dialect", "scheme", "reward_options", *AGENT_SETTINGS, "retriever", "prompt_length", "response_length")
 """Settings that a training run's folder supplies when the command line does not (:func:`with_run`)."""
@@ -107,7 +106,7 @@ class EvalSettings:
     normalization: str | None = None
     """Answer normalisation of every metric; ``None``: the protocol's."""
     judge_prompt: str | None = None
-    """The LLM judge's prompt (:data:`~.judge.JUDGE_PROMPTS`); ``None``: the protocol's."""
+    """The LLM judge's prompt (:data:`~.protocols.JUDGE_PROMPTS`); ``None``: the protocol's."""
     limit: int | None = None
     """Evaluate the first ``limit`` rows of each file."""
     judge_endpoint: str | None = None

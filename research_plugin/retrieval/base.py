@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 logger = logging.getLogger(__name__)
 
 _MAX_REPORTED_BAD_LINES = 10
+T = TypeVar("T")
+
+
+def loop_local(table: dict[asyncio.AbstractEventLoop, T], make: Callable[[asyncio.AbstractEventLoop], T]) -> T:
+    """The running event loop's entry of ``table``, made by ``make(loop)`` on its first use on that loop; entries
+    of loops that have closed are dropped then. A retriever is process-wide (:func:`get_retriever`) while asyncio
+    objects belong to one loop, and one process may run several (``asyncio.run`` again, verl's workers)."""
+    loop = asyncio.get_running_loop()
+    entry = table.get(loop)
+    if entry is None:
+        for dead in [other for other in table if other.is_closed()]:
+            del table[dead]
+        entry = table[loop] = make(loop)
+    return entry
 
 
 @dataclass

@@ -18,7 +18,7 @@ import threading
 import time
 import zlib
 
-from .base import Passage, Retriever, SearchResult
+from .base import Passage, Retriever, SearchResult, loop_local
 
 CORPUS_SIZE = 21_015_324
 """Passages the made-up corpus has (wiki-18's count): different queries rarely get the same ones."""
@@ -45,12 +45,7 @@ class LatencyRetriever(Retriever):
         return "latency(" + "; ".join(f"{f * 1e3:g} ms + {p * 1e3:g} ms/query" for f, p in self.stages) + ")"
 
     async def _search(self, queries: list[str], top_k: int) -> list[SearchResult]:
-        loop = asyncio.get_running_loop()  # each event loop searching this (process-wide) retriever has its own locks
-        locks = self._async_locks.get(loop)
-        if locks is None:
-            for dead in [other for other in self._async_locks if other.is_closed()]:
-                del self._async_locks[dead]
-            locks = self._async_locks[loop] = [asyncio.Lock() for _ in self.stages]
+        locks = loop_local(self._async_locks, lambda loop: [asyncio.Lock() for _ in self.stages])
         for (fixed, per_query), lock in zip(self.stages, locks):
             async with lock:
                 await asyncio.sleep(fixed + per_query * len(queries))

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from ..http_retry import RequestFailed, request_with_retries
-from .base import Retriever
+from .base import Retriever, loop_local
 
 T = TypeVar("T")
 
@@ -79,21 +79,17 @@ class RemoteRetriever(Retriever):
 
     def _session(self) -> aiohttp.ClientSession:
         """The session of the running event loop, made on first use on that loop."""
-        loop = asyncio.get_running_loop()
-        entry = self._sessions.get(loop)
-        if entry is None:
-            for dead in [other for other in self._sessions if other.is_closed()]:
-                del self._sessions[dead]
-            # the attempt's timeout bounds the server (connecting, then each wait for its answer), not the wait for
-            # one of the session's connections: thousands of concurrent trajectories queue here at busy moments, and
-            # timing out of that queue only re-queues the request at the back (``bench/rollout_scale.py``); the
-            # search step's ``search_timeout`` bounds the whole search
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout)
-            session = aiohttp.ClientSession(headers=self._headers, timeout=timeout)
-            stop = asyncio.Event()
-            entry = _LoopSession(session, stop, loop.create_task(self._own(loop, session, stop)))
-            self._sessions[loop] = entry
-        return entry.session
+        return loop_local(self._sessions, self._new_session).session
+
+    def _new_session(self, loop: asyncio.AbstractEventLoop) -> _LoopSession:
+        # the attempt's timeout bounds the server (connecting, then each wait for its answer), not the wait for one
+        # of the session's connections: thousands of concurrent trajectories queue here at busy moments, and timing
+        # out of that queue only re-queues the request at the back (``bench/rollout_scale.py``); the search step's
+        # ``search_timeout`` bounds the whole search
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout)
+        session = aiohttp.ClientSession(headers=self._headers, timeout=timeout)
+        stop = asyncio.Event()
+        return _LoopSession(session, stop, loop.create_task(self._own(loop, session, stop)))
 
     async def _own(self, loop: asyncio.AbstractEventLoop, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
         """Close ``session`` when :meth:`close` asks, or when ``asyncio.run`` cancels this task at loop shutdown."""

@@ -24,7 +24,6 @@ import dataclasses
 import logging
 import os
 import time
-import weakref
 from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from verl.utils.rollout_trace import rollout_trace_op
 from ..core.dialects import get_dialect
 from ..core.row_settings import RowSettings, row_settings
 from ..core.search_step import CPUMeter, SearchAgentConfig, SearchStep
-from ..core.tokenizing import decode
+from ..core.tokenizing import decode, encode_lines
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
@@ -77,8 +76,6 @@ _TRAINER_SETTINGS: dict[int, tuple[Any, dict, str | None]] = {}
 """id(trainer config) -> (the config, its ``search_agent`` block, its reward scheme)."""
 _ROW_SETTINGS: dict[tuple, RowSettings] = {}
 """What :func:`row_settings` resolved, by everything it read."""
-_STOP_IDS: weakref.WeakKeyDictionary[Any, dict[str, list[int]]] = weakref.WeakKeyDictionary()
-"""tokenizer -> {stop string: its token ids}."""
 _TAIL_TOKENS = 64
 """Tokens at the end of a generated segment that are decoded first (:meth:`SearchAgentLoop._segment`)."""
 
@@ -131,14 +128,11 @@ class SearchAgentLoop(AgentLoopBase):
         if fmt == "chat":
             ids = await self.ct_build_initial_tokens(messages)
             if row.opens_think:
-                ids = list(ids) + self._encode(get_dialect(cfg.dialect).think_open)
+                ids = list(ids) + encode_lines(self.tokenizer, get_dialect(cfg.dialect).think_open)
             return ids
         text = "\n".join(str(m.get("content", "")) for m in messages)
         ids = await self.loop.run_in_executor(None, lambda: self.tokenizer.encode(text))
         return self._cap_text_prompt_length(list(ids))
-
-    def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def _segment(self, tokens: list[int], dialect) -> str:
         """A generated segment's text, or only its end when that shows all the loop reads of it: whether it closed a
@@ -161,8 +155,7 @@ class SearchAgentLoop(AgentLoopBase):
         dialect = step.dialect
         prompt_ids = await cpu.wait(self._prompt_ids(kwargs["raw_prompt"], row, extra_info))
         request_id = f"det-{int(priority)}" if getattr(self.rollout_config, "full_determinism", False) else uuid4().hex
-        stops = _STOP_IDS.setdefault(self.tokenizer, {})
-        stop_ids = stops.get(dialect.stop) or stops.setdefault(dialect.stop, self._encode(dialect.stop))
+        stop_ids = encode_lines(self.tokenizer, dialect.stop)  # kept: a line the loop tokenises for every trajectory
         traj = _Trajectory()
         ended_by_eos = False
 

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 RECORD = "research_plugin_run.json"
+AGENT_SETTINGS = ("top_k", "max_searches", "max_result_tokens", "search_timeout", "prompt_format")
+"""The agent loop's settings (besides the dialect and the retriever) that eval and demo take from a run's record."""
 
 
 def settings_of(config) -> dict[str, Any]:
