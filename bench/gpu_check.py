@@ -216,7 +216,7 @@ def step_imports(hold: bool) -> dict:
     try:
         from research_plugin.retrieval import get_retriever
 
-        (result,) = asyncio.run(get_retriever("demo").search(["Who founded the Orvell Glassworks?"], 3))
+        (result,) = asyncio.run(get_retriever("two_hop").search(["Who founded the Orvell Glassworks?"], 3))
         search = {"bm25_passages": len(result.passages), "error": result.error}
     except Exception as e:  # noqa: BLE001
         search = {"error": f"{type(e).__name__}: {e}"[:160]}
@@ -310,18 +310,18 @@ def dtypes(device: str, dry: bool) -> list[str]:
 
 
 def step_dense_retriever(device: str, dry: bool) -> dict:
-    from research_plugin.data import demo_corpus_path
+    from research_plugin.data import two_hop_corpus_path
     from research_plugin.retrieval import iter_corpus
     from research_plugin.retrieval.dense import DenseRetriever, Encoder
     from research_plugin.retrieval.index_builder import build_index
 
-    passages = list(iter_corpus(demo_corpus_path()))
+    passages = list(iter_corpus(two_hop_corpus_path()))
     out: dict = {"passages": len(passages)}
     with tempfile.TemporaryDirectory() as tmp:
         model = random_encoder(Path(tmp), [p.contents for p in passages], e5_base=False, max_seq_length=256)
         for dtype in dtypes(device, dry):
             encoder = Encoder(model, device=device, dtype=dtype)
-            build_index(demo_corpus_path(), Path(tmp) / dtype, backend="dense", encoder=encoder, progress=False)
+            build_index(two_hop_corpus_path(), Path(tmp) / dtype, backend="dense", encoder=encoder, progress=False)
             retriever = DenseRetriever(Path(tmp) / dtype, encoder=encoder)
             queries = [p.contents for p in passages]
             asyncio.run(retriever.search(queries[:8], 1))  # warm-up
@@ -343,7 +343,7 @@ def step_dense_retriever(device: str, dry: bool) -> dict:
 def step_faiss_gpus(device: str, dry: bool) -> dict:
     import faiss
 
-    from research_plugin.data import demo_corpus_path
+    from research_plugin.data import two_hop_corpus_path
     from research_plugin.retrieval import iter_corpus
     from research_plugin.retrieval.dense import DenseRetriever, Encoder
     from research_plugin.retrieval.index_builder import build_index
@@ -351,12 +351,12 @@ def step_faiss_gpus(device: str, dry: bool) -> dict:
     gpus = faiss.get_num_gpus()
     if not gpus:
         return {"skipped": f"faiss {faiss.__version__} sees no GPU (faiss-cpu; --download-wheels DIR --faiss-gpu)"}
-    passages = list(iter_corpus(demo_corpus_path()))
+    passages = list(iter_corpus(two_hop_corpus_path()))
     out: dict = {"faiss": faiss.__version__, "gpus": gpus, "passages": len(passages)}
     with tempfile.TemporaryDirectory() as tmp:
         model = random_encoder(Path(tmp), [p.contents for p in passages], e5_base=False, max_seq_length=256)
         encoder = Encoder(model, device=device)
-        build_index(demo_corpus_path(), Path(tmp) / "flat", backend="dense", encoder=encoder, progress=False)
+        build_index(two_hop_corpus_path(), Path(tmp) / "flat", backend="dense", encoder=encoder, progress=False)
         queries = [p.contents for p in passages]
         for name, options in {
             "replicated": {}, "sharded": {"shard": True}, "replicated_fp16": {"gpu_fp16": True},

@@ -48,11 +48,11 @@ def wiki_like_passages(n: int, seed: int = 0) -> list[Any]:
 
     import numpy as np
 
-    from research_plugin.data import demo_corpus_path
+    from research_plugin.data import two_hop_corpus_path
     from research_plugin.retrieval import Passage, iter_corpus
 
     words: dict[str, int] = {}
-    for passage in iter_corpus(demo_corpus_path()):
+    for passage in iter_corpus(two_hop_corpus_path()):
         for word in re.findall(r"[A-Za-z][a-z]+", passage.contents):
             words[word] = words.get(word, 0) + 1
     vocab = sorted(words, key=lambda w: -words[w])

@@ -12,7 +12,7 @@ The series is built from the package's current modules, so plugin and patches ca
   verl's isort order), references in docstrings likewise, and verl's Apache-2.0 header is put on top;
 - in a registry module (:data:`REGISTRIES`) the lazy backend factories that import a module not shipped upstream are
   dropped, and a shipped backend with dependencies verl does not have is imported lazily, so they stay optional;
-- ``templates/`` holds what exists only upstream (package ``__init__`` files, the demo-corpus locator, the example,
+- ``templates/`` holds what exists only upstream (package ``__init__`` files, the two-hop corpus locator, the example,
   the docs page, the tests); ``{{placeholders}}`` in its Markdown are tables generated from the plugin's code;
 - the recipes become example configs (:func:`example_config`), the bundled data the example's data;
 - verl's own registration replaces the plugin's entry point: the agent loop module is imported by
@@ -78,7 +78,7 @@ MODULES = {
 
 TEMPLATE_MODULES = {
     "research_plugin": REWARD,
-    "research_plugin.data": f"{SEARCH}.demo_corpus",
+    "research_plugin.data": f"{SEARCH}.two_hop_corpus",
 }
 """Plugin module -> upstream module written from ``templates/`` (it must define what shipped modules import)."""
 
@@ -111,10 +111,10 @@ TEXT_EDITS: dict[str, list[tuple[str, str]]] = {
 DOCSTRINGS = {
     "research_plugin.retrieval": '''"""Retrieval backends of the search agent loop, built from small specs.
 
-Specs: ``{"type": "bm25", "corpus": "demo" | path, "index_dir": ...}`` (in-process BM25; needs ``bm25s`` and
+Specs: ``{"type": "bm25", "corpus": "two_hop" | path, "index_dir": ...}`` (in-process BM25; needs ``bm25s`` and
 ``PyStemmer``) and ``{"type": "http", "url": ..., "timeout": ..., "max_retries": ...}`` (any server speaking
 Search-R1's ``POST /retrieve`` API, e.g. ``examples/sglang_multiturn/search_r1_like/local_dense_retriever``). The
-string ``"demo"`` is BM25 over the example corpus (``examples/search_agent/data``) and an ``http(s)://`` string is
+string ``"two_hop"`` is BM25 over the example corpus (``examples/search_agent/data``) and an ``http(s)://`` string is
 an HTTP client for that endpoint. A new backend is one entry in :data:`RETRIEVER_TYPES` (the other spec keys
 become its keyword arguments).
 """''',
@@ -178,7 +178,7 @@ PATCHES = (
         "examples/search_agent: a FlashRAG-jsonl preprocessing script, a run script,\n"
         "configs after ReSearch, R1-Searcher and Search-R1, a one-GPU quick start, and a\n"
         "small corpus + two-hop questions about a fictional world (written for this\n"
-        'example) behind the "demo" retriever. docs/advance/search_agent.md documents\n'
+        'example) behind the "two_hop" retriever. docs/advance/search_agent.md documents\n'
         "the loop's settings, dialects, reward schemes and retrievers.",
         ("examples/", "docs/"),
     ),
@@ -634,7 +634,7 @@ DEFAULT_URL = "http://127.0.0.1:8000/retrieve"
 
 def _retriever_lines(spec: object) -> tuple[list[str], bool]:
     """(header comment lines describing a recipe's retriever, whether the spec is shipped upstream)."""
-    if spec == "demo":
+    if spec == "two_hop":
         return ["# Retriever: in-process BM25 over the example corpus (examples/search_agent/data)."], True
     if isinstance(spec, str):
         return [
@@ -714,7 +714,7 @@ def example_config(name: str, text: str, modes: dict[str, str], default_mode: st
     intro = lines[: next((i for i, line in enumerate(lines[:body_at]) if line == "#"), body_at)]
     body = lines[body_at:]
 
-    retriever, shipped = _retriever_lines(agent.get("retriever", "demo"))
+    retriever, shipped = _retriever_lines(agent.get("retriever", "two_hop"))
     if not shipped:  # the retriever block under search_agent: becomes the HTTP client
         at = body.index("search_agent:")
         i = next(j for j in range(at + 1, len(body)) if body[j].startswith("  retriever:"))
@@ -843,7 +843,7 @@ def build_files(dist: importlib.metadata.Distribution) -> tuple[dict[str, str], 
         cfg = example_config(recipe.stem, recipe.read_text(encoding="utf-8"), modes, default_mode)
         if cfg is not None:
             files[f"examples/search_agent/config/{recipe.stem}.yaml"] = cfg
-    for name in ("demo_corpus.jsonl", "demo_questions.jsonl"):
+    for name in ("two_hop_corpus.jsonl", "two_hop_questions.jsonl"):
         files[f"examples/search_agent/data/{name}"] = (ROOT / "research_plugin" / "data" / name).read_text("utf-8")
     templates = sorted(
         p

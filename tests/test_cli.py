@@ -72,7 +72,7 @@ def test_search_takes_every_retriever_that_eval_takes(tmp_path):
     out = cli("search", "kelp", "cold", "water", "--retriever", str(corpus), "--top-k", "1")
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.splitlines()[1].startswith("Doc 1 (Title: Kelp Forest) Kelp forests")
-    spec = cli("search", "x", "--retriever", '{"type": "bm25", "corpuss": "demo"}')
+    spec = cli("search", "x", "--retriever", '{"type": "bm25", "corpuss": "two_hop"}')
     assert spec.returncode == 2 and "'corpuss'" in spec.stderr and "did you mean 'corpus'" in spec.stderr
     missing = cli("search", "x", "--retriever", str(tmp_path / "nothing.jsonl"))
     assert missing.returncode == 2 and "nothing.jsonl" in missing.stderr
@@ -143,7 +143,7 @@ def test_the_wheel_carries_the_recipes_and_the_policy(tmp_path):
         "search_r1_like.sh",
     ):
         assert f"research_plugin/recipes/{name}" in names
-    assert "research_plugin/data/demo_corpus.jsonl" in names and "research_plugin/openrlhf/agent_func.py" in names
+    assert "research_plugin/data/two_hop_corpus.jsonl" in names and "research_plugin/openrlhf/agent_func.py" in names
     for name in ("model.safetensors", "tokenizer.json", "config.json", "build.json"):
         assert f"research_plugin/data/tiny_policy/{name}" in names
 

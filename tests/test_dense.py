@@ -315,7 +315,7 @@ def test_cli_serve_passes_dense_options(build, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(uvicorn, "run", lambda app, **_: apps.append(app))
     argv = ["serve", "--index", str(build("Flat")), "--encoder-dtype", "bfloat16", "--cpu-index", "--nprobe", "4"]
     assert main(argv) == 0
-    assert main(["serve", "--index", "demo", "--encoder-dtype", "bfloat16"]) == 2  # not a dense index
+    assert main(["serve", "--index", "two_hop", "--encoder-dtype", "bfloat16"]) == 2  # not a dense index
     assert len(apps) == 1
     with serve(apps[0]) as base:
         status, _, body = post(base + "/search", {"query": "Which antibiotic came from a fungus?", "top_n": 1})

@@ -77,7 +77,7 @@ def rows_of(out) -> list[dict]:
 
 
 def settings(data, model, out, **kw) -> EvalSettings:
-    return EvalSettings(data=data, model=model, retriever="demo", out=str(out), progress=False, **kw)
+    return EvalSettings(data=data, model=model, retriever="two_hop", out=str(out), progress=False, **kw)
 
 
 def test_local_model_and_completions_endpoint_give_the_same_rows(bench, tiny_model_dir, tokenizer, tmp_path):
@@ -211,7 +211,7 @@ def test_scripted_policy_scores_known_values_with_the_judge(tiny_model_dir, toke
             "prompt": "research",
         }
         assert (
-            protocol["retriever"] == "demo"
+            protocol["retriever"] == "two_hop"
             and protocol["top_k"] == 1
             and protocol["subset"]["rows"] == {"hotpotqa": 2, "nq": 1}
         )

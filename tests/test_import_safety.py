@@ -118,7 +118,7 @@ def test_a_bm25_search_through_the_plugin_never_touches_jax(standin):
         import asyncio, json, sys
         import verl
         from research_plugin.retrieval import get_retriever
-        (result,) = asyncio.run(get_retriever("demo").search(["Who founded the Orvell Glassworks?"], 3))
+        (result,) = asyncio.run(get_retriever("two_hop").search(["Who founded the Orvell Glassworks?"], 3))
         import bm25s.selection
         print(json.dumps({"passages": len(result.passages), "error": result.error, "jax": "jax" in sys.modules,
                           "jax_for_topk": bm25s.selection.JAX_IS_AVAILABLE}))
@@ -136,7 +136,7 @@ def test_a_jax_the_user_imported_first_stays_theirs_and_unused(standin):
         import asyncio, json, sys
         import jax
         from research_plugin.retrieval import BM25Retriever
-        r = BM25Retriever("demo")
+        r = BM25Retriever("two_hop")
         (result,) = asyncio.run(r.search(["Where was Ilsa Marrow born?"], 2))
         import bm25s.selection
         print(json.dumps({"passages": len(result.passages), "same_jax": sys.modules["jax"] is jax,

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from research_plugin.cli import main
-from research_plugin.data import demo_corpus_path
+from research_plugin.data import two_hop_corpus_path
 from research_plugin.retrieval import BM25Retriever, Retriever, build_retriever, index_builder, iter_corpus
 from research_plugin.retrieval.dense import DenseRetriever, Encoder
 from research_plugin.retrieval.index_builder import build_index
@@ -242,13 +242,13 @@ def test_a_folder_that_is_not_an_index_is_never_replaced(mini_corpus: Path, tmp_
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
 
 
-def test_cli_builds_the_demo_corpus_with_bm25(tmp_path: Path) -> None:
-    out = tmp_path / "demo-bm25"
-    command = [sys.executable, "-m", "research_plugin.cli", "index", "build", "--corpus", "demo", "--out", str(out)]
+def test_cli_builds_the_two_hop_corpus_with_bm25(tmp_path: Path) -> None:
+    out = tmp_path / "two-hop-bm25"
+    command = [sys.executable, "-m", "research_plugin.cli", "index", "build", "--corpus", "two_hop", "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     manifest = json.loads(done.stdout)
-    lines = sum(1 for line in demo_corpus_path().open() if line.strip())
+    lines = sum(1 for line in two_hop_corpus_path().open() if line.strip())
     assert (manifest["backend"], manifest["passages"]) == ("bm25", lines)
     assert len(BM25Retriever(index_dir=out).passages) == lines
 

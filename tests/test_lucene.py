@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from research_plugin.cli import main
-from research_plugin.data import demo_corpus_path, demo_questions_path
+from research_plugin.data import two_hop_corpus_path, two_hop_questions_path
 from research_plugin.retrieval import BM25Retriever, Passage, Retriever, SearchResult, build_retriever, iter_corpus
 from research_plugin.retrieval import lucene as lucene_module
 from research_plugin.retrieval.index_builder import build_index
@@ -50,9 +50,9 @@ def pyserini_ready() -> None:
 
 
 @pytest.fixture(scope="module")
-def demo_index(pyserini_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("lucene") / "demo"
-    build_index("demo", out, backend="lucene", progress=False)
+def two_hop_index(pyserini_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("lucene") / "two_hop"
+    build_index("two_hop", out, backend="lucene", progress=False)
     return out
 
 
@@ -65,13 +65,13 @@ def topics_index(pyserini_ready: None, corpus_path: Path, tmp_path_factory: pyte
 
 @pytest.fixture(scope="module")
 def flashrag_style_index(pyserini_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo corpus indexed the way FlashRAG's ``build_bm25_index_pyserini`` does: Anserini's IndexCollection over
+    """The two-hop corpus indexed the way FlashRAG's ``build_bm25_index_pyserini`` does: Anserini's IndexCollection over
     a JsonCollection folder, no stored raw or contents, no manifest of ours."""
     from jnius import autoclass
 
     root = tmp_path_factory.mktemp("flashrag")
     (root / "input").mkdir()
-    shutil.copy(demo_corpus_path(), root / "input" / "corpus.jsonl")
+    shutil.copy(two_hop_corpus_path(), root / "input" / "corpus.jsonl")
     args = ["-collection", "JsonCollection", "-input", str(root / "input"), "-index", str(root / "bm25")]
     autoclass("io.anserini.index.IndexCollection").main([*args, "-generator", "DefaultLuceneDocumentGenerator"])
     return root / "bm25"
@@ -80,7 +80,7 @@ def flashrag_style_index(pyserini_ready: None, tmp_path_factory: pytest.TempPath
 def labelled_hops() -> list[tuple[str, str]]:
     """(sub-question, id of the passage that answers it) for every hop of the bundled two-hop questions."""
     pairs = []
-    for line in demo_questions_path().read_text().splitlines():
+    for line in two_hop_questions_path().read_text().splitlines():
         meta = json.loads(line)["metadata"]
         for hop, passage_id in zip(meta["decomposition"], meta["supporting_ids"], strict=True):
             pairs.append((hop.split(" -> ")[0], passage_id))
@@ -90,16 +90,16 @@ def labelled_hops() -> list[tuple[str, str]]:
 # ---------------------------------------------------------------- building and searching
 
 
-def test_build_writes_a_lucene_index_with_our_manifest(demo_index: Path) -> None:
-    manifest = json.loads((demo_index / "manifest.json").read_text())
-    lines = sum(1 for line in demo_corpus_path().open() if line.strip())
+def test_build_writes_a_lucene_index_with_our_manifest(two_hop_index: Path) -> None:
+    manifest = json.loads((two_hop_index / "manifest.json").read_text())
+    lines = sum(1 for line in two_hop_corpus_path().open() if line.strip())
     assert (manifest["backend"], manifest["passages"], manifest["stored"]) == ("lucene", lines, "raw")
     assert {"pyserini", "anserini", "java"} <= manifest["versions"].keys()
-    assert lucene_module.is_lucene_index(demo_index)
-    assert not list(demo_index.parent.glob("*.tmp-*"))
-    retriever = build_retriever({"type": "lucene", "index_dir": str(demo_index)})
+    assert lucene_module.is_lucene_index(two_hop_index)
+    assert not list(two_hop_index.parent.glob("*.tmp-*"))
+    retriever = build_retriever({"type": "lucene", "index_dir": str(two_hop_index)})
     assert isinstance(retriever, LuceneRetriever) and len(retriever.passages) == lines
-    by_id = {p.id: p for p in iter_corpus(demo_corpus_path())}
+    by_id = {p.id: p for p in iter_corpus(two_hop_corpus_path())}
     first = retriever.passages[0]
     assert first == by_id[first.id]  # title and text round-trip through the stored raw JSON
 
@@ -179,20 +179,20 @@ def test_rebuild_replaces_the_index_and_a_failed_build_keeps_it(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "index"]  # no temporary folders left
 
 
-def test_top1_agrees_with_the_bm25_backend_on_labelled_queries(demo_index: Path) -> None:
+def test_top1_agrees_with_the_bm25_backend_on_labelled_queries(two_hop_index: Path) -> None:
     hops = labelled_hops()
     queries = [q for q, _ in hops]
     # the same BM25 parameters as bm25s (k1 1.5, b 0.75); the analyzers still differ (Porter vs Snowball stemming,
     # Lucene's vs bm25s's stopwords)
-    lucene = search(LuceneRetriever(demo_index, k1=1.5, b=0.75), queries, top_k=5)
-    bm25 = search(BM25Retriever("demo"), queries, top_k=5)
+    lucene = search(LuceneRetriever(two_hop_index, k1=1.5, b=0.75), queries, top_k=5)
+    bm25 = search(BM25Retriever("two_hop"), queries, top_k=5)
     agree = sum(a == b for a, b in zip(top1(lucene), top1(bm25), strict=True))
     right = sum(found == label for found, (_, label) in zip(top1(lucene), hops, strict=True))
     in_top5 = sum(label in [p.id for p in r.passages] for r, (_, label) in zip(lucene, hops, strict=True))
     assert agree >= 0.95 * len(hops), f"top-1 agreement {agree}/{len(hops)}"
     assert right >= 0.75 * len(hops) and in_top5 >= 0.95 * len(hops), (right, in_top5)
     # Anserini's default parameters (k1 0.9, b 0.4) on a few of them
-    default = LuceneRetriever(demo_index)
+    default = LuceneRetriever(two_hop_index)
     assert top1(search(default, ["capital of Varenholt", "Who invented the pendraphone?"])) == [
         "demo-0001",
         "demo-0073",
@@ -218,7 +218,7 @@ def test_flashrag_style_index_needs_and_uses_its_corpus(flashrag_style_index: Pa
     with pytest.raises(ValueError, match="stores no document text.*corpus="):
         LuceneRetriever(flashrag_style_index)
     retriever = build_retriever(
-        {"type": "lucene", "index_dir": str(flashrag_style_index), "corpus": str(demo_corpus_path())}
+        {"type": "lucene", "index_dir": str(flashrag_style_index), "corpus": str(two_hop_corpus_path())}
     )
     (r,) = search(retriever, ["capital of Varenholt"], top_k=2)
     assert [p.id for p in r.passages] == ["demo-0001", "demo-0042"]
@@ -286,8 +286,8 @@ def post(url: str, payload: Any) -> Any:
         return json.loads(response.read())
 
 
-def test_serve_our_lucene_index(demo_index: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with served(["--index", str(demo_index)], monkeypatch) as base:
+def test_serve_our_lucene_index(two_hop_index: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with served(["--index", str(two_hop_index)], monkeypatch) as base:
         status, health = get(base + "/health")
         assert status == 200 and health["passages"] == 286
         body = post(
@@ -303,7 +303,7 @@ def test_serve_our_lucene_index(demo_index: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_serve_a_bare_lucene_index_with_its_corpus(flashrag_style_index: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    argv = ["--index", str(flashrag_style_index), "--corpus", str(demo_corpus_path())]
+    argv = ["--index", str(flashrag_style_index), "--corpus", str(two_hop_corpus_path())]
     with served(argv, monkeypatch) as base:
         (row,) = post(base + "/retrieve", {"queries": ["capital of Varenholt"], "topk": 1})["result"]
         assert row[0]["id"] == "demo-0001" and row[0]["contents"].startswith('"Varenholt"\nVarenholt is')
@@ -328,7 +328,7 @@ def test_bad_index_folders(pyserini_ready: None, tmp_path: Path, corpus_path: Pa
 
 def test_cli_reports_bad_lucene_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--index", str(tmp_path)]) == 2  # neither our manifest nor a Lucene index
-    assert main(["serve", "--index", "demo", "--corpus", str(demo_corpus_path())]) == 2
+    assert main(["serve", "--index", "two_hop", "--corpus", str(two_hop_corpus_path())]) == 2
     assert "--corpus applies to a Lucene index" in capsys.readouterr().err
 
 

@@ -72,7 +72,7 @@ def test_settings_from_a_file_or_the_environment(tmp_path):
     with pytest.raises(ValueError, match="unknown reward scheme"):
         AgentSettings.from_mapping({"reward": {"scheme": "nope"}})
     with pytest.raises(ValueError, match="unknown agent settings"):
-        AgentSettings.from_mapping({"retriever": "demo"})
+        AgentSettings.from_mapping({"retriever": "two_hop"})
     with pytest.raises(ValueError, match="mask_results=false is verl-only"):
         AgentSettings.from_mapping({"search_agent": {"mask_results": False}})
 
@@ -236,7 +236,7 @@ def test_every_scheme_and_dialect_through_openrlhfs_executor(scheme, tokenizer, 
     executor = AgentExecutor(
         AgentSettings({"retriever": retriever, "top_k": 2}, {"scheme": scheme}), reap_shared_memory=False
     )
-    label = json.dumps({"answers": ["Keddle"], "data_source": "demo"})
+    label = json.dumps({"answers": ["Keddle"], "data_source": "two_hop"})
     out, engine = run_episode(executor, tokenizer, two_searches(d), label)
 
     assert all(p.stop == [d.stop] and p.include_stop_str_in_output for p in engine.params)
@@ -250,7 +250,7 @@ def test_every_scheme_and_dialect_through_openrlhfs_executor(scheme, tokenizer, 
     logs = out["extra_logs"]
     extra = {"num_searches": 2, "num_failed_searches": 0, "ended_by_eos": True, "dialect": d.name}
     assert out["reward"] == pytest.approx(
-        compute_score("demo", response, ["Keddle"], extra_info=extra, scheme=scheme)["score"]
+        compute_score("two_hop", response, ["Keddle"], extra_info=extra, scheme=scheme)["score"]
     )
     assert logs["num_searches"] == 2 and logs["num_failed_searches"] == 0 and logs["retrieved_tokens"] > 0
     assert set(logs) >= {"score", "f1", "em", "format", "truncated"} and logs["format"] == 1.0
@@ -302,7 +302,7 @@ def test_a_result_block_that_fills_the_budget_gives_a_scored_episode_the_replay_
     d = DIALECTS[SCHEMES[scheme].dialect]
     retriever = {"type": "bm25", "corpus": str(mini_corpus)}
     executor = AgentExecutor(AgentSettings({"retriever": retriever, "top_k": 2}, {"scheme": scheme}), False)
-    label = json.dumps({"answers": ["Keddle"], "data_source": "demo"})
+    label = json.dumps({"answers": ["Keddle"], "data_source": "two_hop"})
     finished, _ = run_episode(executor, tokenizer, two_searches(d), label)
     first_action_end = finished["action_ranges"][0][1]
     cut, engine = run_episode(executor, tokenizer, two_searches(d), label, max_length=first_action_end + 4)
@@ -382,7 +382,7 @@ def rollout(tmp_path_factory, mini_corpus):
 
     model = demo_model()
     settings = {
-        "search_agent": {"retriever": "demo", "top_k": 2, "max_result_tokens": 192},
+        "search_agent": {"retriever": "two_hop", "top_k": 2, "max_result_tokens": 192},
         "reward": {"scheme": "research"},
     }
     env = {
@@ -406,7 +406,7 @@ def rollout(tmp_path_factory, mini_corpus):
         refs = []
         for i, (q, a) in enumerate(questions):
             prompt = tok.apply_chat_template(chat_messages(q, "research"), tokenize=False, add_generation_prompt=True)
-            label = {"answers": [a], "data_source": "demo", **({"search": {"retriever": dead}} if i == 1 else {})}
+            label = {"answers": [a], "data_source": "two_hop", **({"search": {"retriever": dead}} if i == 1 else {})}
             params = SamplingParams(temperature=0, logprobs=1, skip_special_tokens=False, min_tokens=1)
             refs.append(actor.generate_responses.remote(prompt=prompt, label=json.dumps(label), sampling_params=params,
                                                         max_length=1024, hf_tokenizer=tok, num_samples=1))  # fmt: skip
@@ -451,7 +451,7 @@ def test_openrlhf_rollout_actor_runs_the_agent_and_its_sample_builder_masks_the_
         response_text = tok.decode(tokens).removesuffix(tok.eos_token).rstrip()
         extra = {**{k: response["extra_logs"][k] for k in ("num_searches", "num_failed_searches")},
                  "ended_by_eos": not response["truncated"], "dialect": "research"}  # fmt: skip
-        want = compute_score("demo", response_text, json.loads(response["label"])["answers"], extra_info=extra)
+        want = compute_score("two_hop", response_text, json.loads(response["label"])["answers"], extra_info=extra)
         assert response["reward"] == pytest.approx(want["score"]) and exp.rewards[0] == pytest.approx(want["score"])
 
 

@@ -142,7 +142,7 @@ def test_patched_modules_import_and_patched_tests_pass(patched_verl):
         from verl.experimental.agent_loop.search.retrieval import build_retriever
 
         try:
-            build_retriever({"type": "bm25", "corpus": "demo"})
+            build_retriever({"type": "bm25", "corpus": "two_hop"})
             raise AssertionError("BM25 built without bm25s")
         except ImportError as e:
             assert "pip install bm25s PyStemmer" in str(e), e

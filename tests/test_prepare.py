@@ -385,7 +385,7 @@ def test_verl_dataset_rows_run_through_the_search_agent(tmp_path, tiny_model_dir
         tiny_model_dir,
         response_length=24,
         overrides=[
-            "+search_agent.retriever=demo",
+            "+search_agent.retriever=two_hop",
             "data.max_prompt_length=1024",
             "data.filter_overlong_prompts=True",  # verl's length filter applies the chat template to our column
         ],

@@ -76,7 +76,7 @@ def test_no_cluster_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", no_cluster)
     with pytest.raises(RuntimeError, match="needs a running Ray cluster"):
-        RayActorRetriever({"type": "bm25", "corpus": "demo"})
+        RayActorRetriever({"type": "bm25", "corpus": "two_hop"})
     assert addresses == ["auto"]  # only ever connects; never starts a private cluster
 
 

@@ -113,12 +113,12 @@ def test_paths_from_the_command_line(name, tmp_path, tiny_model_dir, tokenizer):
             f"data.val_files=[{val},{val}]",
             f"actor_rollout_ref.model.path={tiny_model_dir}",
             f"trainer.default_local_dir={tmp_path / 'ckpt'}",
-            "search_agent.retriever=demo",
+            "search_agent.retriever=two_hop",
         ],
     )
     validate(config)
     assert config.data.train_files == str(train) and list(config.data.val_files) == [str(val)] * 2
-    assert config.search_agent.retriever == "demo"
+    assert config.search_agent.retriever == "two_hop"
     resolved = OmegaConf.to_container(config, resolve=True)  # what the trainer's TaskRunner resolves first
     assert resolved["actor_rollout_ref"]["model"]["path"] == str(tiny_model_dir)
     omega_conf_to_dataclass(config.algorithm)  # verl's own dataclasses check the values too

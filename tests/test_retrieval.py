@@ -487,12 +487,12 @@ def test_build_retriever_rejects_unknown_specs() -> None:
     with pytest.raises(ValueError, match="known types: bm25, dense, http"):
         build_retriever({"type": "faiss"})
     with pytest.raises(ValueError, match="known types"):
-        build_retriever({"corpus": "demo"})
-    with pytest.raises(ValueError):
-        build_retriever("not-a-spec")
+        build_retriever({"corpus": "two_hop"})
+    with pytest.raises(ValueError, match="must be 'two_hop' or an http"):
+        build_retriever("demo")  # the bundled corpus's former name
 
 
-def test_registry_demo_shorthand_and_new_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_registry_two_hop_shorthand_and_new_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     made: list[dict[str, object]] = []
 
     class Fake(Retriever):
@@ -505,8 +505,8 @@ def test_registry_demo_shorthand_and_new_backend(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(retrieval, "_cache", {})
     monkeypatch.setitem(retrieval.RETRIEVER_TYPES, "bm25", Fake)
     monkeypatch.setitem(retrieval.RETRIEVER_TYPES, "fake", Fake)
-    assert get_retriever("demo") is get_retriever({"type": "bm25", "corpus": "demo"})
-    assert made == [{"corpus": "demo"}]
+    assert get_retriever("two_hop") is get_retriever({"type": "bm25", "corpus": "two_hop"})
+    assert made == [{"corpus": "two_hop"}]
     fake = get_retriever({"type": "fake", "opts": {"b": [1, 2], "a": None}})
     assert fake is get_retriever({"opts": {"a": None, "b": (1, 2)}, "type": "fake"})
     assert made[-1] == {"opts": {"b": [1, 2], "a": None}}

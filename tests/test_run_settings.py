@@ -95,9 +95,9 @@ def test_eval_takes_each_setting_from_its_flag_else_the_run_else_its_default(tmp
 
     plain = EvalSettings(data=["x.parquet"], model=str(make_run(tmp_path / "m", None)), retriever=None, out="o")
     got, said = with_run(plain)
-    assert (got.top_k, got.max_result_tokens, got.response_length, got.retriever) == (5, 512, 8192, "demo")
+    assert (got.top_k, got.max_result_tokens, got.response_length, got.retriever) == (5, 512, 8192, "two_hop")
     assert "defaults (no run record): dialect=research" in said and "from the run" not in said
-    endpoint = EvalSettings(data=["x.parquet"], model="http://127.0.0.1:1/v1", retriever="demo", out="o")
+    endpoint = EvalSettings(data=["x.parquet"], model="http://127.0.0.1:1/v1", retriever="two_hop", out="o")
     assert with_run(endpoint)[0].top_k == 5  # an endpoint has no run folder
 
 
@@ -119,9 +119,9 @@ def test_demo_takes_the_runs_settings_and_the_question_sets_retriever(tmp_path):
     run = make_run(tmp_path / "run")
     facts = {"dialect": "research", "top_k": 2, "max_searches": 4, "retriever": {"type": "bm25", "corpus": "w.jsonl"}}
     given = {"dialect": None, "scheme": None, "response_length": 128}
-    values, agent, said = demo_settings(str(run), {"retriever": "demo"}, given)
+    values, agent, said = demo_settings(str(run), {"retriever": "two_hop"}, given)
     assert agent == {"dialect": "research", "top_k": 2, "max_searches": 4, "max_result_tokens": 192,
-                     "search_timeout": 60.0, "prompt_format": "auto", "retriever": "demo"}  # fmt: skip
+                     "search_timeout": 60.0, "prompt_format": "auto", "retriever": "two_hop"}  # fmt: skip
     assert values["response_length"] == 128 and values["reward_options"] == {"format_penalty": 0.5}
     assert "from the command line: response_length=128" in said and "from the run (" in said
     # no run: the question set's settings (the fact world's: the main job's recipe), else the agent loop's

@@ -498,11 +498,11 @@ def test_bm25_load_from_index_dir_alone(tmp_path: Path, corpus_path: Path, bm25:
         BM25Retriever(index_dir=tmp_path)
 
 
-def test_cli_serve_demo_subprocess() -> None:
+def test_cli_serve_two_hop_subprocess() -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "RESEARCH_PLUGIN_TOKEN"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "research_plugin.cli", "serve", "--index", "demo", "--port", str(port)],
+        [sys.executable, "-m", "research_plugin.cli", "serve", "--index", "two_hop", "--port", str(port)],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -519,7 +519,7 @@ def test_cli_serve_demo_subprocess() -> None:
                 return False
 
         wait_until(healthy, timeout=60, step=0.2)
-        assert get(base + "/health")[2]["index"] == "demo"
+        assert get(base + "/health")[2]["index"] == "two_hop"
         (row,) = ok(base + "/retrieve", {"queries": ["capital of Varenholt"], "topk": 2})["result"]
         assert len(row) == 2 and row[0]["contents"].startswith('"Varenholt')
     finally:

@@ -58,7 +58,7 @@ def test_verls_own_reward_keyword_arguments_are_accepted():
 
 def test_an_unknown_retriever_option_or_type():
     with raises(r"^s: unknown bm25 retriever options 'corpuss' \(did you mean 'corpus'\?\)"):
-        check_spec({"type": "bm25", "corpuss": "demo"}, "s")
+        check_spec({"type": "bm25", "corpuss": "two_hop"}, "s")
     with raises(r"unknown retriever type 'bm2' \(did you mean 'bm25'\?\)"):
         check_spec({"type": "bm2"}, "s")
     with raises(r"^search_agent settings: retriever: index: unknown bm25 retriever options 'stem' \(did you mean"):

@@ -28,7 +28,7 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--retriever",
-        help="'demo', a /retrieve URL, a jsonl corpus or an index folder (default: the run's, else 'demo')",
+        help="'two_hop', a /retrieve URL, a jsonl corpus or an index folder (default: the run's, else 'two_hop')",
     )
     p.add_argument("--out", required=True, help="results folder")
     p.add_argument("--tokenizer", help="for an endpoint: local folder with the served model's config and tokenizer")

@@ -11,7 +11,9 @@ def register(sub) -> None:
     p = sub.add_parser("index", help="build retrieval indexes")
     index_sub = p.add_subparsers(dest="index_command", required=True)
     p = index_sub.add_parser("build", help="build a BM25, dense (faiss) or Lucene index folder from a jsonl corpus")
-    p.add_argument("--corpus", required=True, help="'demo' or a jsonl corpus ({id, contents} or {id, title, text})")
+    p.add_argument(
+        "--corpus", required=True, help="'two_hop' (bundled) or a jsonl corpus ({id, contents} or {id, title, text})"
+    )
     p.add_argument("--backend", choices=BACKENDS, default="bm25", help="lucene: the lucene extra")
     p.add_argument("--out", required=True, help="index folder to create (replaces an older index there)")
     p.add_argument("--encoder", default="minilm", help="'minilm' (bundled) or a sentence-transformers path / name")

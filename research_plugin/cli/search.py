@@ -13,8 +13,8 @@ def register(sub) -> None:
     p.add_argument("query", nargs="+")
     p.add_argument(
         "--retriever",
-        default="demo",
-        help="'demo' (bundled corpus, BM25), a /retrieve URL, a jsonl corpus, an index folder or a JSON spec",
+        default="two_hop",
+        help="'two_hop' (bundled corpus, BM25), a /retrieve URL, a jsonl corpus, an index folder or a JSON spec",
     )
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--dialect", choices=sorted(DIALECTS), default="research")

@@ -9,7 +9,9 @@ import sys
 def register(sub) -> None:
     p = sub.add_parser("serve", help="serve a retrieval index over HTTP (Search-R1 /retrieve, FlashRAG /search)")
     p.add_argument(
-        "--index", default="demo", help="'demo', a jsonl corpus (BM25), a saved index folder or a Lucene index"
+        "--index",
+        default="two_hop",
+        help="'two_hop' (bundled), a jsonl corpus (BM25), a saved index folder or a Lucene index",
     )
     p.add_argument("--corpus", help="the jsonl a Lucene index was built from, when it stores no document text")
     p.add_argument("--host", default="127.0.0.1")
@@ -71,7 +73,7 @@ def run(args) -> int:
     index = Path(args.index)
     try:
         if args.index.startswith(("http://", "https://")):
-            raise ValueError(f"--index must be 'demo', a jsonl corpus or an index folder, not {args.index!r}")
+            raise ValueError(f"--index must be 'two_hop', a jsonl corpus or an index folder, not {args.index!r}")
         spec = retriever_spec(args.index)
         if isinstance(spec, dict) and spec["type"] == "lucene":
             from ..retrieval.lucene import start_pyserini
@@ -90,7 +92,7 @@ def run(args) -> int:
             spec.update(dense)
         app = create_app(
             partial(build_retriever, spec),
-            index_id=args.index if spec == "demo" or args.index.lstrip().startswith("{") else str(index.resolve()),
+            index_id=args.index if spec == "two_hop" or args.index.lstrip().startswith("{") else str(index.resolve()),
             max_batch=args.max_batch,
             batch_window_ms=args.batch_window_ms,
             max_queue=args.max_queue,

@@ -49,8 +49,9 @@ class SearchAgentConfig:
     max_query_chars: int = field(default=512, metadata=limits(ge=1))
     search_timeout: float = field(default=60.0, metadata=limits(gt=0))
     """Seconds one search may take before it is recorded as failed."""
-    retriever: Any = field(default="demo", metadata=limits(check=_check_retriever))
-    """A retriever spec: ``"demo"``, an ``http(s)://.../retrieve`` URL, or a mapping (``research_plugin.retrieval``)."""
+    retriever: Any = field(default="two_hop", metadata=limits(check=_check_retriever))
+    """A retriever spec: ``"two_hop"`` (the bundled corpus), an ``http(s)://.../retrieve`` URL, or a mapping
+    (``research_plugin.retrieval``)."""
     prompt_format: str = field(default="auto", metadata=limits(choices=PROMPT_FORMATS))
     """``chat`` (apply the chat template), ``raw`` (concatenate message texts, for base-model templates) or ``auto``."""
     mask_results: bool = True

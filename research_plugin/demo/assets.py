@@ -5,7 +5,7 @@
 - ``${research_plugin.fact_world:train}`` / ``:val`` / ``:corpus``: the generated fact world's questions as verl
   parquet (every 5th held out for validation) and its corpus (:mod:`research_plugin.demo.fact_world`): the main
   job's task.
-- ``${research_plugin.demo_data:train}`` / ``${research_plugin.demo_data:val}``: the bundled two-hop questions
+- ``${research_plugin.two_hop:train}`` / ``${research_plugin.two_hop:val}``: the bundled two-hop questions
   as verl parquet (``research-plugin prepare``'s row format); every 5th question is held out for validation.
 
 The data files are built on first use (a second) under the cache dir (``RESEARCH_PLUGIN_CACHE``, default
@@ -23,7 +23,7 @@ import json
 import os
 from pathlib import Path
 
-from ..data import demo_corpus_path, demo_questions_path
+from ..data import two_hop_corpus_path, two_hop_questions_path
 
 VERSION = "8"  # bump when the row format changes
 
@@ -35,7 +35,7 @@ def cache_dir() -> Path:
 def _fingerprint() -> str:
     h = hashlib.sha256(VERSION.encode())
     here = Path(__file__).parent  # the code that makes the world: a change rebuilds
-    for path in (demo_questions_path(), demo_corpus_path(), here / "fact_world.py"):
+    for path in (two_hop_questions_path(), two_hop_corpus_path(), here / "fact_world.py"):
         h.update(path.read_bytes())
     return h.hexdigest()[:10]
 
@@ -63,17 +63,17 @@ def split_rows(rows: list, split: str) -> list:
     return [row for i, row in enumerate(rows) if (i % 5 == 4) == (split == "val")]
 
 
-def demo_data(split: str = "train") -> str:
+def two_hop(split: str = "train") -> str:
     """Path of the bundled questions as a verl parquet file for ``split`` (``train`` or ``val``)."""
     if split not in ("train", "val"):
-        raise ValueError(f"demo_data split must be 'train' or 'val', not {split!r}")
-    out = cache_dir() / f"demo-data-{_fingerprint()}" / f"{split}.parquet"
+        raise ValueError(f"two_hop split must be 'train' or 'val', not {split!r}")
+    out = cache_dir() / f"two-hop-{_fingerprint()}" / f"{split}.parquet"
     if out.exists():
         return str(out)
-    with _locked("demo_data"):
+    with _locked("two_hop"):
         if not out.exists():  # another process may have built it while this one waited
-            lines = [line for line in demo_questions_path().open(encoding="utf-8") if line.strip()]
-            _write_split([json.loads(line) for line in lines], "demo", split, out)
+            lines = [line for line in two_hop_questions_path().open(encoding="utf-8") if line.strip()]
+            _write_split([json.loads(line) for line in lines], "two_hop", split, out)
     return str(out)
 
 
@@ -116,5 +116,5 @@ def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver("research_plugin.demo_model", demo_model, replace=True)
-    OmegaConf.register_new_resolver("research_plugin.demo_data", demo_data, replace=True)
+    OmegaConf.register_new_resolver("research_plugin.two_hop", two_hop, replace=True)
     OmegaConf.register_new_resolver("research_plugin.fact_world", fact_world, replace=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..core.dialects import DIALECTS
 from ..core.prompts import base_prompt, system_prompt
-from ..data import demo_corpus_path, demo_questions_path
+from ..data import two_hop_corpus_path, two_hop_questions_path
 from .fact_world import PracticeWorld, bundled_world
 
 CHAT_TEMPLATE = (
@@ -28,7 +28,7 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 def _training_text() -> list[str]:
     texts = []
-    for path in (demo_corpus_path(), demo_questions_path()):
+    for path in (two_hop_corpus_path(), two_hop_questions_path()):
         if path.exists():
             texts += [json.dumps(json.loads(line), ensure_ascii=False) for line in path.open(encoding="utf-8")]
     for d in DIALECTS.values():

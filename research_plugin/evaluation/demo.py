@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import demo_questions_path
+from ..data import two_hop_questions_path
 from ..verl.local_rollout import make_batch, masked_spans, run_agent_loop, trainer_config
 from ..verl.run_settings import AGENT_SETTINGS
 
@@ -25,7 +25,7 @@ QUESTIONS = ("facts", "two_hop")
 
 
 def load_questions(n: int, path: Path | None = None) -> list[dict]:
-    rows = [json.loads(line) for line in (path or demo_questions_path()).open(encoding="utf-8") if line.strip()]
+    rows = [json.loads(line) for line in (path or two_hop_questions_path()).open(encoding="utf-8") if line.strip()]
     return rows[:n]
 
 
@@ -33,7 +33,7 @@ def _questions(which: str, n: int) -> tuple[list[dict], dict]:
     """The first ``n`` questions of a set, and the search settings for them: their corpus, and for the fact world the
     main job's other search settings, from its recipe."""
     if which == "two_hop":
-        return load_questions(n), {"retriever": "demo"}
+        return load_questions(n), {"retriever": "two_hop"}
     if which != "facts":
         raise ValueError(f"questions must be one of {', '.join(QUESTIONS)}, not {which!r}")
     from omegaconf import OmegaConf

@@ -62,7 +62,7 @@ def eval_defaults() -> dict[str, Any]:
         "scheme": "research",
         "reward_options": {},
         **{name: getattr(SearchAgentConfig, name) for name in AGENT_SETTINGS},
-        "retriever": "demo",
+        "retriever": "two_hop",
         "prompt_length": 2048,
         "response_length": 8192,
     }
@@ -74,7 +74,7 @@ class EvalSettings:
     model: str
     """An ``http(s)://`` OpenAI-compatible completions endpoint or a local HF model folder."""
     retriever: Any
-    """A retriever spec (``research_plugin.retrieval``); ``None``: the run's (:func:`with_run`), else ``demo``."""
+    """A retriever spec (``research_plugin.retrieval``); ``None``: the run's (:func:`with_run`), else ``two_hop``."""
     out: str
     tokenizer: str | None = None
     served_model: str | None = None

@@ -1,10 +1,10 @@
 """Retrieval backends for the search tool, built from small specs.
 
-Specs: ``{"type": "bm25", "corpus": "demo" | path, "index_dir": ...}``, ``{"type": "dense", "index_dir": ...}`` (a
+Specs: ``{"type": "bm25", "corpus": "two_hop" | path, "index_dir": ...}``, ``{"type": "dense", "index_dir": ...}`` (a
 folder ``research-plugin index build`` made), ``{"type": "lucene", "index_dir": ..., "k1": 0.9, "b": 0.4}`` (any
 pyserini / Anserini index; ``"corpus": path`` when it stores no text), ``{"type": "http", "url": ..., ...}``; the
-string ``"demo"`` is bm25 over the bundled corpus and an ``http(s)://`` string is an HTTP client for that endpoint.
-A new backend is one entry in :data:`RETRIEVER_TYPES` (the other spec keys become its keyword arguments).
+string ``"two_hop"`` is bm25 over the bundled two-hop corpus and an ``http(s)://`` string is an HTTP client for that
+endpoint. A new backend is one entry in :data:`RETRIEVER_TYPES` (the other spec keys become its keyword arguments).
 
 Every backend is imported when a retriever of its kind is built, so importing this package (which the agent loop
 does in every verl process) loads none of bm25s, faiss, sentence-transformers, pyserini or aiohttp.
@@ -128,11 +128,11 @@ _cache_lock = threading.Lock()
 
 def _normalise(spec: RetrieverSpec) -> dict[str, Any]:
     if isinstance(spec, str):
-        if spec == "demo":
-            return {"type": "bm25", "corpus": "demo"}
+        if spec == "two_hop":
+            return {"type": "bm25", "corpus": "two_hop"}
         if spec.startswith(("http://", "https://")):
             return {"type": "http", "url": spec}
-        raise ValueError(f"retriever spec string must be 'demo' or an http(s):// url, got {spec!r}")
+        raise ValueError(f"retriever spec string must be 'two_hop' or an http(s):// url, got {spec!r}")
     if not isinstance(spec, Mapping):
         raise TypeError(f"retriever spec must be a mapping or a string, got {type(spec).__name__}")
     return plain(spec)
@@ -166,14 +166,14 @@ def check_spec(spec: Any, where: str = "retriever spec") -> RetrieverSpec:
 
 
 def retriever_spec(value: str) -> RetrieverSpec:
-    """A retriever spec from a command-line value (every command's ``--retriever``, ``serve --index``): 'demo', an
+    """A retriever spec from a command-line value (every command's ``--retriever``, ``serve --index``): 'two_hop', an
     http(s):// URL, a jsonl corpus (BM25), a saved index folder (its manifest names the backend that loads it; a
     bare pyserini / Anserini index is served by lucene) or a JSON spec (``{"type": "latency", "stages": [[66.8,
     0.807]]}``)."""
     from ..core.settings import parse_json, read_mapping_file
     from .lucene import is_lucene_index
 
-    if value == "demo" or value.startswith(("http://", "https://")):
+    if value == "two_hop" or value.startswith(("http://", "https://")):
         return value
     if value.lstrip().startswith("{"):
         return dict(check_spec(parse_json(value, "retriever spec"), "retriever spec"))
@@ -186,7 +186,8 @@ def retriever_spec(value: str) -> RetrieverSpec:
     if path.is_file():
         return {"type": "bm25", "corpus": str(path)}
     raise ValueError(
-        f"a retriever must be 'demo', an http(s):// URL, a jsonl corpus, an index folder or a JSON spec, not {value!r}"
+        f"a retriever must be 'two_hop' (the bundled corpus), an http(s):// URL, a jsonl corpus, an index folder or a "
+        f"JSON spec, not {value!r}"
     )
 
 

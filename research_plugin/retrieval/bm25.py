@@ -60,7 +60,7 @@ _FORMAT_VERSION = 1
 
 
 class BM25Retriever(Retriever):
-    """BM25 over a jsonl corpus path, the bundled corpus (``"demo"``) or a list of passages.
+    """BM25 over a jsonl corpus path, the bundled two-hop corpus (``"two_hop"``) or a list of passages.
 
     The index is built once at construction. With ``index_dir``, the index and passages are saved there, and a
     later construction over the same, unchanged corpus with the same settings memory-maps them instead of
@@ -85,10 +85,10 @@ class BM25Retriever(Retriever):
                 raise ValueError("BM25Retriever needs a corpus or an index_dir")
             self._load_saved(Path(index_dir))
             return
-        if corpus == "demo":
-            from research_plugin.data import demo_corpus_path
+        if corpus == "two_hop":
+            from research_plugin.data import two_hop_corpus_path
 
-            corpus = demo_corpus_path()
+            corpus = two_hop_corpus_path()
         self._configure("<in-memory>" if isinstance(corpus, list) else str(corpus), stemmer, stopwords)
 
         index_path = Path(index_dir) if index_dir is not None else None

@@ -60,7 +60,8 @@ def build_index(
     shard_size: int = 50_000,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Build the ``backend`` index of ``corpus`` (a jsonl path or ``"demo"``) into ``out``; returns its manifest.
+    """Build the ``backend`` index of ``corpus`` (a jsonl path, or ``"two_hop"``: the bundled one) into ``out``;
+    returns its manifest.
 
     Dense options: ``encoder`` (an :class:`~research_plugin.retrieval.dense.Encoder`, ``"minilm"``, or a
     sentence-transformers path / name) and its ``encoder_dtype`` (when named; ``auto``: float16 on a GPU, float32
@@ -74,10 +75,10 @@ def build_index(
         raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if batch_size <= 0 or shard_size <= 0:
         raise ValueError("batch_size and shard_size must be positive")
-    if str(corpus) == "demo":
-        from research_plugin.data import demo_corpus_path
+    if str(corpus) == "two_hop":
+        from research_plugin.data import two_hop_corpus_path
 
-        corpus = demo_corpus_path()
+        corpus = two_hop_corpus_path()
     corpus, out = Path(corpus), Path(out)
     if out.exists() and not (out / MANIFEST).exists():
         raise FileExistsError(f"{out} exists and holds no index; not replacing it")

@@ -27,7 +27,7 @@ def compose(name: str):
 
 def test_the_example_is_there():
     assert "search_agent_quickstart" in CONFIGS and len(CONFIGS) > 1
-    assert (EXAMPLE / "data" / "demo_corpus.jsonl").is_file()
+    assert (EXAMPLE / "data" / "two_hop_corpus.jsonl").is_file()
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -57,7 +57,7 @@ def test_config_composes_and_passes_verl_validation(name, monkeypatch):
 @pytest.mark.parametrize("template", ["instruct", "base"])
 def test_preprocessing_writes_rows_for_the_loop(template, tmp_path, monkeypatch, capsys):
     source = tmp_path / "questions.jsonl"
-    lines = (EXAMPLE / "data" / "demo_questions.jsonl").read_text().splitlines()[:5]
+    lines = (EXAMPLE / "data" / "two_hop_questions.jsonl").read_text().splitlines()[:5]
     source.write_text("\n".join([*lines, '{"question": "no answer"}', "[1, 2]"]) + "\n")
     out = tmp_path / "rows.parquet"
     argv = ["preprocess_flashrag.py", "--input", str(source), "--out", str(out), "--template", template]

@@ -101,7 +101,7 @@ def test_two_searches_mask_exactly_the_result_blocks():
     assert fields["num_searches"] == 2 and fields["num_failed_searches"] == 0
     assert fields["retrieved_tokens"] == mask.count(0)
     solution = TOKENIZER.decode(ids, skip_special_tokens=True)  # as verl's reward loop decodes it
-    score = compute_score("demo", solution, ["Keddle"], extra_info=fields)
+    score = compute_score("two_hop", solution, ["Keddle"], extra_info=fields)
     assert score["score"] == 1.0 and score["num_searches"] == 2
 
 

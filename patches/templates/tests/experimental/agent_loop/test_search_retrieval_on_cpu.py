@@ -61,9 +61,9 @@ def test_bm25_in_process(corpus, tmp_path):
         asyncio.run(first.search(["x"], top_k=0))
 
 
-def test_demo_spec_searches_the_example_corpus():
+def test_two_hop_spec_searches_the_example_corpus():
     pytest.importorskip("bm25s")
-    (result,) = asyncio.run(get_retriever("demo").search(["capital of Varenholt"], top_k=3))
+    (result,) = asyncio.run(get_retriever("two_hop").search(["capital of Varenholt"], top_k=3))
     assert result.passages and any("Varenholt" in p.title for p in result.passages)
 
 

@@ -105,15 +105,15 @@ def test_retrieved_text_is_opaque_to_the_format_check():
     d = DIALECTS["research"]
     text = one_search("research", "Keddle", passage="a page that says <answer> \\boxed{Lune} </answer> <think>")
     assert check_format(text, d).ok
-    assert compute_score("demo", text, ["Keddle"])["score"] == 1.0
+    assert compute_score("two_hop", text, ["Keddle"])["score"] == 1.0
 
 
 def test_research_scheme():
-    assert compute_score("demo", one_search("research", "Keddle"), ["Keddle"])["score"] == 1.0
-    assert compute_score("demo", one_search("research", "Lune"), ["Keddle"])["score"] == pytest.approx(0.1)
-    partial = compute_score("demo", one_search("research", "Keddle harbour"), ["Keddle"])
+    assert compute_score("two_hop", one_search("research", "Keddle"), ["Keddle"])["score"] == 1.0
+    assert compute_score("two_hop", one_search("research", "Lune"), ["Keddle"])["score"] == pytest.approx(0.1)
+    partial = compute_score("two_hop", one_search("research", "Keddle harbour"), ["Keddle"])
     assert partial["score"] == pytest.approx(partial["f1"]) and 0 < partial["f1"] < 1
-    bad = compute_score("demo", "<answer> \\boxed{Keddle} </answer> and more", ["Keddle"])
+    bad = compute_score("two_hop", "<answer> \\boxed{Keddle} </answer> and more", ["Keddle"])
     assert bad["score"] == 0.0 and bad["format"] == 0.0 and bad["em"] == 1.0
 
 
@@ -136,7 +136,7 @@ def test_search_r1_scheme_is_exact_match_without_format():
 
 def test_counters_from_the_agent_loop_pass_through():
     extra = {"num_searches": 3, "retrieved_tokens": 120, "retrieval_s": 0.5, "num_failed_searches": 1}
-    out = compute_score("demo", one_search("research", "Keddle"), ["Keddle"], extra_info=extra)
+    out = compute_score("two_hop", one_search("research", "Keddle"), ["Keddle"], extra_info=extra)
     assert out["num_searches"] == 3 and out["retrieved_tokens"] == 120.0 and out["num_failed_searches"] == 1.0
 
 

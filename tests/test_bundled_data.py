@@ -1,4 +1,5 @@
-"""Sanity checks for the bundled demo corpus and two-hop questions (research_plugin/data)."""
+"""The bundled data (research_plugin/data: the two-hop corpus and questions) and the generated fact world with its
+warm-up, which the tiny policy and the main job stand on."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import re
 
 import pytest
 
-from research_plugin.data import demo_corpus_path, demo_questions_path
+from research_plugin.data import two_hop_corpus_path, two_hop_questions_path
 
 CONTENTS_RE = re.compile(r'"[^"\n]+"\n.+')
 PASSAGE_ID_RE = re.compile(r"demo-(\d{4})")
@@ -26,7 +27,7 @@ def _read_jsonl(path):
 
 @pytest.fixture(scope="module")
 def corpus():
-    return _read_jsonl(demo_corpus_path())
+    return _read_jsonl(two_hop_corpus_path())
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def corpus_by_id(corpus):
 
 @pytest.fixture(scope="module")
 def questions():
-    return _read_jsonl(demo_questions_path())
+    return _read_jsonl(two_hop_questions_path())
 
 
 def _split(contents: str) -> tuple[str, str]:
@@ -48,8 +49,8 @@ def _split(contents: str) -> tuple[str, str]:
 
 
 def test_corpus_files_exist():
-    assert demo_corpus_path().is_file()
-    assert demo_questions_path().is_file()
+    assert two_hop_corpus_path().is_file()
+    assert two_hop_questions_path().is_file()
 
 
 def test_corpus_size(corpus):
@@ -150,9 +151,9 @@ def test_recipe_data_resolver_splits_the_bundled_questions(tmp_path, monkeypatch
     import research_plugin.verl.plugin  # noqa: F401  (registers the resolvers, as `import verl` does)
 
     monkeypatch.setenv("RESEARCH_PLUGIN_CACHE", str(tmp_path))
-    cfg = OmegaConf.create({"train": "${research_plugin.demo_data:train}", "val": "${research_plugin.demo_data:val}"})
+    cfg = OmegaConf.create({"train": "${research_plugin.two_hop:train}", "val": "${research_plugin.two_hop:val}"})
     train, val = pd.read_parquet(cfg.train), pd.read_parquet(cfg.val)
-    questions = [json.loads(line) for line in demo_questions_path().open()]
+    questions = [json.loads(line) for line in two_hop_questions_path().open()]
     assert len(train) + len(val) == len(questions) and len(val) == len(questions) // 5
     assert not set(train["extra_info"].map(lambda e: e["id"])) & set(val["extra_info"].map(lambda e: e["id"]))
     assert set(train["agent_name"]) == {"search_agent"}

@@ -1,7 +1,7 @@
 """The search agent example's data: ``examples/search_agent/data`` of a verl source checkout.
 
 A few hundred encyclopedia-style passages about a fictional world, and two-hop questions over them (written for the
-example, so a model cannot know the answers without searching). The corpus backs the ``"demo"`` retriever spec
+example, so a model cannot know the answers without searching). The corpus backs the ``"two_hop"`` retriever spec
 (in-process BM25) for smoke runs and tests. A pip-installed verl has no ``examples/``: name a corpus file instead,
 ``search_agent.retriever={type: bm25, corpus: /path/to/corpus.jsonl}``.
 """
@@ -23,11 +23,11 @@ def _existing(name: str) -> Path:
     return path
 
 
-def demo_corpus_path() -> Path:
+def two_hop_corpus_path() -> Path:
     """The example corpus, one ``{"id", "contents": "\\"Title\\"\\ntext"}`` object per line (wiki-18 format)."""
-    return _existing("demo_corpus.jsonl")
+    return _existing("two_hop_corpus.jsonl")
 
 
-def demo_questions_path() -> Path:
+def two_hop_questions_path() -> Path:
     """Two-hop questions over the example corpus, FlashRAG format (``id, question, golden_answers, metadata``)."""
-    return _existing("demo_questions.jsonl")
+    return _existing("two_hop_questions.jsonl")
