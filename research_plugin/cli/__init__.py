@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 
 COMMANDS = (
     "doctor", "recipes", "openrlhf_agent_path", "policy", "search", "demo", "serve", "index", "prepare", "eval", "plot",
@@ -28,7 +27,3 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

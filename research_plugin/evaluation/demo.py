@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import two_hop_questions_path
-from ..verl.local_rollout import make_batch, masked_spans, run_agent_loop, trainer_config
+from ..verl.local_rollout import make_batch, masked_spans, response, run_agent_loop, trainer_config
 from ..verl.run_settings import AGENT_SETTINGS
 
 QUESTIONS = ("facts", "two_hop")
@@ -78,7 +78,6 @@ def run_demo(
 ) -> dict:
     """Roll out ``n`` questions; ``dialect``, ``scheme`` and ``response_length`` left None, and the search settings,
     are the training run's when ``model`` is a run's folder that recorded them (:func:`demo_settings`)."""
-    from omegaconf import open_dict
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..checkpoints import resolve_model_dir
@@ -95,11 +94,10 @@ def run_demo(
         model_dir,
         response_length=response_length,
         scheme=values["scheme"],
+        reward_options=values["reward_options"],
+        search_agent=search_agent,
         overrides=[f"actor_rollout_ref.rollout.temperature={temperature}"],
     )
-    with open_dict(config):
-        config.search_agent = search_agent
-        config.reward.custom_reward_function.reward_kwargs = {"scheme": values["scheme"], **values["reward_options"]}
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     server = HFGenerationServer(AutoModelForCausalLM.from_pretrained(model_dir), tokenizer, seed=seed)
 
@@ -110,8 +108,7 @@ def run_demo(
     nt = out.non_tensor_batch
     attn = out.batch["attention_mask"][:, -response_length:].bool()
     for i, row in enumerate(rows):
-        ids = out.batch["responses"][i][attn[i]].tolist()
-        mask = out.batch["response_mask"][i][attn[i]].tolist()
+        ids, mask = response(out, i)
         print(f"\n=== [{row['id']}] {row['question']}  (gold: {row['golden_answers'][0]})")
         print(render(tokenizer, ids, mask))
         print(

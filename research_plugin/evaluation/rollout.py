@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..verl.local_rollout import batch_of, masked_spans, roll_out, trainer_config
+from ..verl.local_rollout import batch_of, masked_spans, response, roll_out, trainer_config
 from .data import EvalRow
 
 
@@ -49,19 +49,20 @@ def eval_config(
 ):
     """verl's trainer config for evaluation rollouts: validation sampling params, no log-probs, our loop settings,
     the reward function's ``scheme`` and other keyword arguments (``reward_options``)."""
-    from omegaconf import open_dict
-
-    config = trainer_config(model_dir, response_length=response_length, scheme=scheme)
-    with open_dict(config):
-        rollout = config.actor_rollout_ref.rollout
-        rollout.prompt_length = prompt_length
-        rollout.calculate_log_probs = False
-        rollout.val_kwargs.temperature = temperature
-        rollout.val_kwargs.top_p = top_p
-        rollout.val_kwargs.top_k = top_k
-        config.search_agent = search_agent
-        config.reward.custom_reward_function.reward_kwargs = {"scheme": scheme, **(reward_options or {})}
-    return config
+    return trainer_config(
+        model_dir,
+        response_length=response_length,
+        scheme=scheme,
+        reward_options=reward_options,
+        search_agent=search_agent,
+        overrides=[
+            f"actor_rollout_ref.rollout.prompt_length={prompt_length}",
+            "actor_rollout_ref.rollout.calculate_log_probs=False",
+            f"actor_rollout_ref.rollout.val_kwargs.temperature={temperature}",
+            f"actor_rollout_ref.rollout.val_kwargs.top_p={top_p}",
+            f"actor_rollout_ref.rollout.val_kwargs.top_k={top_k}",
+        ],
+    )
 
 
 def _batch(row: EvalRow):
@@ -70,10 +71,8 @@ def _batch(row: EvalRow):
     return batch_of([{**item, "extra_info": row.extra_info}], validate=True)
 
 
-def _trajectory(out, tokenizer, response_length: int) -> Trajectory:
-    valid = out.batch["attention_mask"][0, -response_length:].bool()
-    ids = out.batch["responses"][0][valid].tolist()
-    mask = out.batch["response_mask"][0][valid].tolist()
+def _trajectory(out, tokenizer) -> Trajectory:
+    ids, mask = response(out, 0)
     spans = [tokenizer.decode(run, skip_special_tokens=True) for masked, run in masked_spans(ids, mask) if masked]
     nt = out.non_tensor_batch
     return Trajectory(
@@ -99,13 +98,11 @@ def run_rollouts(config, server: Any, rows: list[EvalRow], *, concurrency: int, 
     """Roll out every row (at most ``concurrency`` at once); a row that raises is reported, the others go on."""
     from .policy import close_policy
 
-    response_length = int(config.actor_rollout_ref.rollout.response_length)
-
     def done(i: int, out: Any, error: str | None, tokenizer: Any) -> None:
         traj = None
         if out is not None:
             try:
-                traj = _trajectory(out, tokenizer, response_length)
+                traj = _trajectory(out, tokenizer)
             except Exception as e:  # recorded for this row; the run goes on
                 error = f"{type(e).__name__}: {e}"[:500]
         on_done(rows[i], traj, error)

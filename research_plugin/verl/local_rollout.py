@@ -36,9 +36,20 @@ def compose_verl_config(overrides=()):
         return compose(config_name="ppo_trainer", overrides=list(overrides))
 
 
-def trainer_config(model_dir: Path, *, response_length: int, scheme: str = "research", overrides=()):
-    """The trainer config for search-agent rollouts: verl's defaults, our agent loop's reward and settings."""
-    return compose_verl_config(
+def trainer_config(
+    model_dir: Path,
+    *,
+    response_length: int,
+    scheme: str = "research",
+    reward_options: dict | None = None,
+    search_agent: dict | None = None,
+    overrides=(),
+):
+    """The trainer config for search-agent rollouts: verl's defaults, our reward function with ``scheme`` and its
+    other keyword arguments (``reward_options``), the agent loop's ``search_agent`` settings, then ``overrides``."""
+    from omegaconf import open_dict
+
+    config = compose_verl_config(
         [
             f"actor_rollout_ref.model.path={model_dir}",
             "actor_rollout_ref.rollout.name=vllm",  # a required name; the HF server below does the work
@@ -51,6 +62,11 @@ def trainer_config(model_dir: Path, *, response_length: int, scheme: str = "rese
             *overrides,
         ]
     )
+    with open_dict(config):
+        if search_agent is not None:
+            config.search_agent = search_agent
+        config.reward.custom_reward_function.reward_kwargs.update(reward_options or {})
+    return config
 
 
 def batch_of(items: list[dict], *, validate: bool = False):
@@ -140,6 +156,13 @@ def roll_out(config, server, batches: list, *, concurrency: int | None = None, o
 def run_agent_loop(config, server, batch):
     """One rollout batch through verl's AgentLoopWorker, rewards from verl's RewardLoopWorker, in-process."""
     return roll_out(config, server, [batch])[0]
+
+
+def response(out, i: int) -> tuple[list[int], list[int]]:
+    """Row ``i`` of a rollout's output: its response ids and their ``response_mask``, without the padding."""
+    responses = out.batch["responses"]
+    valid = out.batch["attention_mask"][i, -responses.shape[1] :].bool()
+    return responses[i][valid].tolist(), out.batch["response_mask"][i][valid].tolist()
 
 
 def masked_spans(ids: list[int], mask: list[int]) -> list[tuple[bool, list[int]]]:
